@@ -1,0 +1,285 @@
+"""One configuration tree for the engine, the tools and the ROS node.
+
+Every leaf is a dataclass field with a default and a ``help`` text.  The same tree is:
+
+- loaded from YAML (``config/posegs.yaml`` holds the defaults; user files overlay them),
+- flattened to dotted names (``tracking.gn_iterations``) that are the ROS parameters of the
+  node, one table for both (see :func:`parameter_table`),
+- serialized into ``metrics.json`` so every result records the configuration that made it.
+
+Unknown keys and wrongly typed values are errors (:class:`ConfigError`), never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "RenderConfig",
+    "InitConfig",
+    "TrackingConfig",
+    "KeyframeConfig",
+    "MappingConfig",
+    "BlurConfig",
+    "DynamicConfig",
+    "PosegsConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "flatten",
+    "apply_flat",
+    "parameter_table",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or parameter that does not fit the configuration tree."""
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at the call sites
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RenderConfig:
+    """Rasterizer settings."""
+
+    backend: str = _f("auto", "auto | cpu | reference | gsplat: auto = gsplat on CUDA, fast CPU kernels otherwise")
+    device: str = _f("cpu", "torch device of the map and optimization (cpu, cuda, cuda:1)")
+    sh_degree: int = _f(0, "spherical-harmonics degree of Gaussian colours (0 = view-independent)")
+    near_plane: float = _f(0.01, "near clipping distance (map units)")
+    far_plane: float = _f(1.0e3, "far clipping distance (map units)")
+    eps2d: float = _f(0.3, "low-pass filter added to projected 2D covariances (pixels^2)")
+    background: float = _f(0.0, "background grey level in [0, 1]")
+
+
+@dataclass
+class InitConfig:
+    """Monocular initialization: two frames, essential matrix, triangulation."""
+
+    min_parallax_px: float = _f(12.0, "median flow between the two init frames must exceed this (pixels)")
+    min_inliers: int = _f(300, "essential-matrix inliers needed to accept an initialization")
+    max_frames: int = _f(30, "frames to wait for parallax before re-selecting the first init frame")
+    baseline: float = _f(1.0, "length given to the first baseline: fixes the arbitrary monocular scale")
+    seed_points: int = _f(6000, "Gaussians seeded from triangulated + interpolated depth")
+
+
+@dataclass
+class TrackingConfig:
+    """Per-frame camera tracking (flow lifted to 3D, robust Gauss-Newton, blur-aware refinement)."""
+
+    flow: str = _f("dis", "dense optical flow: dis (OpenCV DIS) | farneback")
+    flow_preset: str = _f("medium", "DIS preset: ultrafast | fast | medium")
+    gn_iterations: int = _f(8, "Gauss-Newton iterations on reprojection + photometric residuals")
+    huber_px: float = _f(1.5, "Huber threshold of reprojection residuals (pixels)")
+    photometric_weight: float = _f(0.05, "weight of photometric residuals relative to geometric ones")
+    sample_stride: int = _f(4, "use every n-th pixel (in x and y) for Gauss-Newton")
+    refine_steps: int = _f(6, "gradient steps of the blur-aware render loss on pose + exposure twist")
+    refine_lr: float = _f(2.0e-3, "Adam learning rate of the blur-aware pose refinement")
+    min_inlier_ratio: float = _f(0.3, "below this fraction of inlier pixels the frame is declared lost")
+    max_reprojection_px: float = _f(4.0, "median reprojection error above which tracking is lost")
+
+
+@dataclass
+class KeyframeConfig:
+    """When a frame becomes a keyframe, and the sliding window."""
+
+    window_size: int = _f(6, "keyframes optimized together by mapping")
+    min_overlap: float = _f(0.85, "new keyframe when the fraction of pixels covered by the map drops below this")
+    max_flow_px: float = _f(12.0, "new keyframe when the median flow since the last keyframe exceeds this")
+    max_interval_s: float = _f(1.0, "new keyframe at least this often (seconds)")
+    replay_every: int = _f(3, "every n-th mapping round also optimizes one random frozen keyframe")
+
+
+@dataclass
+class MappingConfig:
+    """Sliding-window mapping: UPGS's three stages (Gaussians, poses, joint)."""
+
+    gaussian_iters: int = _f(30, "stage 1: Gaussian steps with poses fixed")
+    pose_iters: int = _f(10, "stage 2: pose + exposure-twist steps with Gaussians fixed")
+    joint_iters: int = _f(15, "stage 3: joint steps")
+    lr_means: float = _f(1.6e-4, "Adam learning rate of Gaussian means (times scene scale)")
+    lr_colors: float = _f(5.0e-3, "Adam learning rate of colours")
+    lr_opacity: float = _f(5.0e-2, "Adam learning rate of opacity logits")
+    lr_scales: float = _f(5.0e-3, "Adam learning rate of log-scales")
+    lr_quats: float = _f(1.0e-3, "Adam learning rate of rotations")
+    lr_pose: float = _f(1.0e-3, "Adam learning rate of keyframe pose corrections")
+    lr_exposure: float = _f(1.0e-3, "Adam learning rate of exposure twists")
+    ssim_weight: float = _f(0.2, "lambda in (1 - lambda) L1 + lambda (1 - SSIM)")
+    densify_alpha: float = _f(0.5, "add Gaussians where the rendered opacity is below this")
+    densify_error: float = _f(0.15, "add Gaussians where the L1 error is above this")
+    densify_stride: int = _f(4, "sample every n-th pixel when densifying")
+    prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
+    prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
+    max_gaussians: int = _f(60000, "cap on the number of Gaussians (memory bound)")
+
+
+@dataclass
+class BlurConfig:
+    """Exposure motion-blur model: mean of sharp renders along T exp(s d), s in [-1/2, 1/2]."""
+
+    enabled: bool = _f(True, "model motion blur (off: one sharp render per frame)")
+    subframes: int = _f(5, "S sharp renders averaged per blurred frame (UPGS: 7; a speed knob on CPU)")
+
+
+@dataclass
+class DynamicConfig:
+    """Moving objects as motion groups with their own SE(3) per frame."""
+
+    enabled: bool = _f(False, "detect moving objects and give them their own motion groups")
+    flow_threshold_px: float = _f(2.0, "flow disagreement with the camera-induced flow marking a pixel dynamic")
+    min_region_px: int = _f(150, "smallest connected region that spawns or extends a motion group")
+    persistence: int = _f(2, "frames a region must persist before it becomes a group")
+    merge_motion: float = _f(0.005, "groups moving less than this per frame (map units) merge back")
+    max_groups: int = _f(4, "cap on simultaneous motion groups")
+
+
+@dataclass
+class PosegsConfig:
+    """The whole configuration."""
+
+    seed: int = _f(0, "random seed (runs are deterministic on CPU given the seed)")
+    threads: int = _f(0, "torch / numba threads (0 = all cores)")
+    render: RenderConfig = field(default_factory=RenderConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    blur: BlurConfig = field(default_factory=BlurConfig)
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported type {typ}")
+
+
+def config_from_dict(data: Mapping[str, Any], cls: type = PosegsConfig, prefix: str = "") -> Any:
+    """Build ``cls`` from nested mappings; missing keys keep their defaults."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    types = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"unknown config key(s) at {where}: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        typ = types[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = config_from_dict(value or {}, typ, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, typ, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain-dict form of a config dataclass (YAML / JSON ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(*paths: str | Path, overrides: Mapping[str, Any] | None = None) -> PosegsConfig:
+    """Defaults, overlaid by each YAML file in order, then by dotted ``overrides``.
+
+    A YAML file may hold the tree at top level or under ``posegs_node: ros__parameters:``
+    (the ROS 2 parameter-file layout), so ``config/posegs.yaml`` serves both.
+    """
+    data: dict[str, Any] = config_to_dict(PosegsConfig())
+    for path in paths:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {p}: {err}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {err}") from err
+        data = _merge(data, _unwrap_ros_parameters(loaded, p))
+    cfg = config_from_dict(data)
+    if overrides:
+        cfg = apply_flat(cfg, overrides)
+    return cfg
+
+
+def _unwrap_ros_parameters(loaded: Any, path: Path) -> Mapping[str, Any]:
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"config file {path}: expected a mapping at top level")
+    if len(loaded) == 1:
+        (only,) = loaded.values()
+        if isinstance(only, Mapping) and "ros__parameters" in only:
+            params = only["ros__parameters"] or {}
+            engine = params.get("engine", {}) if isinstance(params, Mapping) else {}
+            return engine or {}
+    return loaded
+
+
+def _walk(cfg: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _walk(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """Dotted-name view ``{"tracking.gn_iterations": 8, ...}`` of a config."""
+    return {name: value for name, _, value in _walk(cfg)}
+
+
+def apply_flat(cfg: PosegsConfig, values: Mapping[str, Any]) -> PosegsConfig:
+    """A copy of ``cfg`` with dotted-name values applied (type-checked)."""
+    data = config_to_dict(cfg)
+    known = flatten(cfg)
+    for name, value in values.items():
+        if name not in known:
+            raise ConfigError(f"unknown config parameter {name!r}")
+        node = data
+        *parents, leaf = name.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config_from_dict(data)
+
+
+def parameter_table(cfg: PosegsConfig | None = None) -> list[tuple[str, Any, str]]:
+    """``(dotted name, default, description)`` for every leaf: the ROS parameter table."""
+    return [(name, value, f.metadata.get("help", "")) for name, f, value in _walk(cfg or PosegsConfig())]

@@ -1,0 +1,24 @@
+"""``posegs bench``: speed benchmarks that print numbers (tests never time things)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "render": ("posegs_ros.tools.bench_render", "CPU rasterizer vs its PyTorch reference: ms and peak RSS"),
+    "pipeline": ("posegs_ros.tools.bench_pipeline", "reconstruction pipeline: frames/s, per-stage time, peak RSS"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name, (module_name, help_text) in BENCHMARKS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_bench_run=module.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._bench_run(args) or 0)
