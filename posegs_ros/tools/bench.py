@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "render": ("posegs_ros.tools.bench_render", "CPU rasterizer vs its PyTorch reference: ms and peak RSS"),
@@ -13,11 +14,13 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    chosen = next((a for a in sys.argv[1:] if a in BENCHMARKS), None)
     for name, (module_name, help_text) in BENCHMARKS.items():
-        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_bench_run=module.run)
+        if chosen is None or name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_bench_run=module.run)
 
 
 def run(args: argparse.Namespace) -> int:
