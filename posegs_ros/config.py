@@ -64,11 +64,12 @@ class RenderConfig:
 class InitConfig:
     """Monocular initialization: two frames, essential matrix, triangulation."""
 
-    min_parallax_px: float = _f(12.0, "median flow between the two init frames must exceed this (pixels)")
+    min_parallax_px: float = _f(8.0, "median translational parallax (flow minus rotation) needed to initialize (pixels)")
     min_inliers: int = _f(300, "essential-matrix inliers needed to accept an initialization")
     max_frames: int = _f(30, "frames to wait for parallax before re-selecting the first init frame")
-    baseline: float = _f(1.0, "length given to the first baseline: fixes the arbitrary monocular scale")
-    seed_points: int = _f(6000, "Gaussians seeded from triangulated + interpolated depth")
+    baseline: float = _f(0.1, "length given to the first baseline (map units): fixes the arbitrary monocular scale")
+    seed_points: int = _f(8000, "Gaussians seeded from triangulated + interpolated depth")
+    mapping_rounds: int = _f(4, "mapping rounds (three stages each) on the two initial keyframes")
 
 
 @dataclass
@@ -85,6 +86,7 @@ class TrackingConfig:
     refine_lr: float = _f(2.0e-3, "Adam learning rate of the blur-aware pose refinement")
     min_inlier_ratio: float = _f(0.3, "below this fraction of inlier pixels the frame is declared lost")
     max_reprojection_px: float = _f(4.0, "median reprojection error above which tracking is lost")
+    max_lost_frames: int = _f(10, "consecutive lost frames (relocalization failing) before re-initializing")
 
 
 @dataclass
@@ -119,6 +121,7 @@ class MappingConfig:
     prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
     prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
     max_gaussians: int = _f(60000, "cap on the number of Gaussians (memory bound)")
+    optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
 
 
 @dataclass
@@ -127,6 +130,7 @@ class BlurConfig:
 
     enabled: bool = _f(True, "model motion blur (off: one sharp render per frame)")
     subframes: int = _f(5, "S sharp renders averaged per blurred frame (UPGS: 7; a speed knob on CPU)")
+    exposure_ratio: float = _f(0.5, "initial guess of exposure time / frame interval (seeds the exposure twist)")
 
 
 @dataclass
@@ -239,15 +243,21 @@ def load_config(*paths: str | Path, overrides: Mapping[str, Any] | None = None) 
     return cfg
 
 
+ROS_ONLY_KEYS = ("ros", "use_sim_time")  # node-level parameters that are not engine config
+
+
 def _unwrap_ros_parameters(loaded: Any, path: Path) -> Mapping[str, Any]:
+    """The engine part of a config file: the file itself, or, for a ROS 2 parameter file
+    (``<node>: {ros__parameters: {...}}``), its parameters minus the node-only keys."""
     if not isinstance(loaded, Mapping):
         raise ConfigError(f"config file {path}: expected a mapping at top level")
     if len(loaded) == 1:
         (only,) = loaded.values()
         if isinstance(only, Mapping) and "ros__parameters" in only:
             params = only["ros__parameters"] or {}
-            engine = params.get("engine", {}) if isinstance(params, Mapping) else {}
-            return engine or {}
+            if not isinstance(params, Mapping):
+                raise ConfigError(f"config file {path}: ros__parameters must be a mapping")
+            return {k: v for k, v in params.items() if k not in ROS_ONLY_KEYS}
     return loaded
 
 

@@ -2,21 +2,47 @@
 
 This module never imports ROS: the node (``posegs_ros.ros``) and ``posegs replay`` both feed
 :class:`Frame` objects built by :mod:`posegs_ros.io` and read :class:`FrameResult` back.
+
+Flow of one frame (DESIGN.md, "The method in one page"):
+
+- before a map exists, frames are buffered until two of them have enough parallax for a
+  two-view initialization (:mod:`posegs_ros.initialization`); buffered frames are then
+  tracked against the new map, so they get poses too (in :meth:`Reconstructor.trajectory`);
+- afterwards each frame is tracked (:mod:`posegs_ros.tracking`); a frame that becomes a
+  keyframe triggers a mapping round on the sliding window (:mod:`posegs_ros.mapping`);
+- tracking failures try to relocalize against the window keyframes, then re-initialize.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
+from .blur import RenderSettings
 from .camera import Intrinsics
 from .config import PosegsConfig
+from .flow import DenseFlow
+from .gaussians import GaussianMap
+from .initialization import TwoViewResult, grid_samples, triangulate, try_two_view
+from .keyframes import Keyframe, add_to_window, choose_replay, decide_keyframe
+from .mapping import Mapper, MappingStats, scene_tensors
+from .tracking import Tracker, TrackingResult, initial_twist, predict_constant_velocity, twist_units
 
-__all__ = ["Frame", "FrameResult", "TrackingState", "StageTimings", "Reconstructor"]
+__all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
+
+log = logging.getLogger(__name__)
+
+
+class FrameError(ValueError):
+    """A frame the engine cannot take (wrong shape / dtype, bad stamp, changed camera)."""
 
 
 class TrackingState(str, enum.Enum):
@@ -68,36 +94,466 @@ class FrameResult:
     _render: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     _cache: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
+    @property
+    def has_pose(self) -> bool:
+        """False while initializing (the pose is a placeholder then)."""
+        return self.state is not TrackingState.INITIALIZING
+
     def _rendered(self) -> tuple[np.ndarray, np.ndarray]:
         if self._cache is None:
             if self._render is None:
-                raise RuntimeError("this FrameResult carries no renderer (map was empty)")
+                raise RuntimeError("no map yet: nothing to render for this frame")
             self._cache = self._render()
         return self._cache
 
     def deblurred(self) -> np.ndarray:
-        """Sharp render at the mid-exposure pose, ``[H, W, 3]`` uint8 RGB (computed lazily)."""
+        """Sharp render at the mid-exposure pose, ``[H, W, 3]`` uint8 RGB (rendered on first call)."""
         return self._rendered()[0]
 
     def depth(self) -> np.ndarray:
-        """Rendered expected depth at the mid-exposure pose, ``[H, W]`` float32 (NaN = no map)."""
+        """Rendered expected depth at the mid-exposure pose, ``[H, W]`` float32 (NaN where no map)."""
         return self._rendered()[1]
 
 
+@dataclass
+class TrajectoryPoint:
+    """The latest estimate of one frame's pose."""
+
+    index: int
+    stamp: float
+    pose: np.ndarray  # [4, 4] camera-to-map
+    state: TrackingState
+    is_keyframe: bool
+
+
+@dataclass
+class _FrameRecord:
+    index: int
+    stamp: float
+    state: TrackingState
+    online_pose: np.ndarray  # [4, 4] as returned by process()
+    reference: int | None = None  # keyframe id the pose is stored relative to
+    relative: np.ndarray | None = None  # [4, 4] inv(keyframe pose) @ pose
+    absolute: np.ndarray | None = None  # [4, 4] frozen pose (after a re-initialization)
+    is_keyframe: bool = False
+    twist: np.ndarray = field(default_factory=lambda: np.zeros(6))
+
+
+@dataclass
+class EngineCounters:
+    frames: int = 0
+    keyframes: int = 0
+    lost_frames: int = 0
+    relocalizations: int = 0
+    reinitializations: int = 0
+    skipped_mapping_steps: int = 0
+    rejected_frames: int = 0
+
+
 class Reconstructor:
-    """Online monocular pose + 3DGS reconstruction (implemented in the engine issue)."""
+    """Online monocular pose + 3DGS reconstruction with an exposure-blur model."""
 
     def __init__(self, config: PosegsConfig | None = None) -> None:
         self.config = config or PosegsConfig()
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+        self.device = torch.device(self.config.render.device)
+        self.flow = DenseFlow(self.config.tracking.flow, self.config.tracking.flow_preset)
+        self.tracker = Tracker(self.config, self.flow)
+        self.counters = EngineCounters()
+        self._records: list[_FrameRecord] = []
+        self.reset()
 
-    def process(self, frame: Frame) -> FrameResult:
-        """Track ``frame``, update the map if it becomes a keyframe, return the result."""
-        raise NotImplementedError
-
+    # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forget the map and the trajectory; the next frame starts a new initialization."""
-        raise NotImplementedError
+        self._new_map()
+        self._records = []
+        self.counters = EngineCounters()
+        self._last_stamp: float | None = None
+
+    def _new_map(self) -> None:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gmap = GaussianMap(cfg.render.sh_degree, cfg.mapping.max_gaussians, self.device)
+        self.mapper = Mapper(cfg, self.gmap, self.rng)
+        self.keyframes: list[Keyframe] = []
+        self.window: tuple[int, ...] = ()
+        self.frozen: tuple[int, ...] = ()
+        self.mapping_rounds = 0
+        self.initialized = False
+        self._init_buffer: list[tuple[Frame, int]] = []  # (frame, record index)
+        self._track_history: list[tuple[float, np.ndarray, np.ndarray]] = []  # (stamp, pose, twist)
+        self._lost_run = 0
+        self._intrinsics: Intrinsics | None = None
+
+    @property
+    def num_gaussians(self) -> int:
+        return len(self.gmap)
+
+    # ------------------------------------------------------------- frontend
+    def process(self, frame: Frame) -> FrameResult:
+        """Track ``frame``, update the map if it becomes a keyframe, return the result.
+
+        Raises:
+            FrameError: the frame is malformed, its stamp does not increase, or its camera
+                differs from the map's (callers reset or skip; the map is untouched).
+        """
+        self._validate(frame)
+        t_start = time.perf_counter()
+        self.counters.frames += 1
+        self._last_stamp = frame.stamp
+        if not self.initialized:
+            result = self._initialize_step(frame)
+        else:
+            result = self._track_step(frame)
+        result.timings.total = time.perf_counter() - t_start
+        return result
+
+    def _validate(self, frame: Frame) -> None:
+        img = frame.image
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            shape = getattr(img, "shape", None)
+            raise FrameError(f"frame image must be an [H, W, 3] uint8 RGB array, got {shape} {getattr(img, 'dtype', type(img))}")
+        h, w = img.shape[:2]
+        if (frame.intrinsics.width, frame.intrinsics.height) != (w, h):
+            raise FrameError(
+                f"intrinsics are for {frame.intrinsics.width}x{frame.intrinsics.height} but the image is {w}x{h}"
+            )
+        if not math.isfinite(frame.stamp):
+            raise FrameError(f"frame stamp must be finite, got {frame.stamp}")
+        if self._last_stamp is not None and frame.stamp <= self._last_stamp:
+            raise FrameError(f"frame stamp {frame.stamp:.6f} s does not increase (previous {self._last_stamp:.6f} s)")
+        if self._intrinsics is not None and frame.intrinsics != self._intrinsics:
+            raise FrameError(f"camera changed from {self._intrinsics} to {frame.intrinsics}; reset() to start a new map")
+
+    def _image_tensor(self, frame: Frame) -> torch.Tensor:
+        return torch.from_numpy(frame.image).to(self.device, torch.float32) / 255.0
+
+    def _result(self, frame: Frame, record: _FrameRecord, timings: StageTimings, inlier_ratio: float = 0.0) -> FrameResult:
+        pose = record.online_pose.copy()
+        render = None
+        if self.initialized and record.state is not TrackingState.INITIALIZING:
+            intr = frame.intrinsics
+            render = lambda: self.render(pose, intr)  # noqa: E731 - deferred, rendered on demand
+        return FrameResult(
+            stamp=frame.stamp,
+            index=frame.index,
+            pose=pose,
+            state=record.state,
+            is_keyframe=record.is_keyframe,
+            num_gaussians=len(self.gmap),
+            num_keyframes=len(self.keyframes),
+            timings=timings,
+            exposure_twist=record.twist.copy(),
+            inlier_ratio=inlier_ratio,
+            _render=render,
+        )
+
+    # --------------------------------------------------------- initializing
+    def _initialize_step(self, frame: Frame) -> FrameResult:
+        timings = StageTimings()
+        record = _FrameRecord(frame.index, frame.stamp, TrackingState.INITIALIZING, np.eye(4))
+        self._records.append(record)
+        self._init_buffer.append((frame, len(self._records) - 1))
+        if len(self._init_buffer) < 2:
+            return self._result(frame, record, timings)
+        first = self._init_buffer[0][0]
+        t0 = time.perf_counter()
+        two_view, reason = try_two_view(first.image, frame.image, first.intrinsics.numpy(), self.config.init, self.flow)
+        timings.flow = time.perf_counter() - t0
+        if two_view is None:
+            log.debug("frame %d: no initialization yet (%s)", frame.index, reason)
+            if len(self._init_buffer) > self.config.init.max_frames:
+                _, dropped = self._init_buffer.pop(0)
+                log.info("initialization: frame %d left the buffer without a pose", self._records[dropped].index)
+            return self._result(frame, record, timings)
+        t0 = time.perf_counter()
+        self._build_initial_map(two_view)
+        timings.mapping = time.perf_counter() - t0
+        log.info(
+            "initialized from frames %d and %d: %d inliers, parallax %.1f px, %d Gaussians",
+            first.index, frame.index, two_view.inliers, two_view.median_parallax_px, len(self.gmap),
+        )
+        t0 = time.perf_counter()
+        self._track_buffered()
+        timings.tracking = time.perf_counter() - t0
+        self._init_buffer = []
+        return self._result(frame, record, timings)
+
+    def _build_initial_map(self, two_view: TwoViewResult) -> None:
+        cfg = self.config
+        (first, first_rec), (second, second_rec) = self._init_buffer[0], self._init_buffer[-1]
+        self._intrinsics = first.intrinsics
+        scale = float(np.median(two_view.depth_first))
+        self.mapper.set_scene_scale(scale)
+        pose_b = two_view.pose_second
+        dt = max(second.stamp - first.stamp, 1e-6)
+        frame_dt = dt / max(len(self._init_buffer) - 1, 1)
+        ratio = cfg.blur.exposure_ratio * frame_dt / dt
+        twist = initial_twist(np.eye(4), pose_b, ratio)
+        kf0 = self._make_keyframe(first, np.eye(4), twist, fixed=True)
+        kf1 = self._make_keyframe(second, pose_b, twist)
+        h, w = first.image.shape[:2]
+        stride = max(1.0, math.sqrt(h * w / max(cfg.init.seed_points, 1)))
+        pixels = grid_samples(w, h, stride=max(int(round(stride)), 1), border=0)
+        depth = two_view.depth_first[pixels[:, 1].astype(int), pixels[:, 0].astype(int)].astype(np.float64)
+        self.mapper.add_from_depth(kf0, pixels, depth, stride=stride, opacity=0.7)
+        self.keyframes = [kf0, kf1]
+        self.window = (0, 1)
+        self.initialized = True
+        for _ in range(max(cfg.init.mapping_rounds, 1)):
+            self._mapping_round(kf1, fallback_depth=None)
+        for rec, kf_id in ((first_rec, 0), (second_rec, 1)):
+            self._records[rec].is_keyframe = True
+            self._store_pose(self._records[rec], self.keyframes[kf_id].numpy_pose(), TrackingState.TRACKING, kf_id)
+        self._records[second_rec].twist = self.keyframes[1].twist().detach().numpy()
+        self._track_history = [
+            (first.stamp, self.keyframes[0].numpy_pose(), self.keyframes[0].twist().detach().numpy()),
+            (second.stamp, self.keyframes[1].numpy_pose(), self.keyframes[1].twist().detach().numpy()),
+        ]
+
+    def _track_buffered(self) -> None:
+        """Track the frames buffered between the two initialization frames (retroactively)."""
+        between = self._init_buffer[1:-1]
+        if not between:
+            return
+        kf0 = self.keyframes[0]
+        history = [(kf0.stamp, kf0.numpy_pose(), kf0.twist().detach().numpy())]
+        for frame, rec_index in between:
+            pred = self._predict(history, frame.stamp)
+            res = self._track(frame, pred, history[-1][2], refine=True)
+            rec = self._records[rec_index]
+            state = TrackingState.LOST if res.lost else TrackingState.TRACKING
+            self._store_pose(rec, res.pose, state, self._nearest_keyframe(frame.stamp))
+            rec.twist = res.twist
+            if not res.lost:
+                history.append((frame.stamp, res.pose, res.twist))
+
+    # ------------------------------------------------------------- tracking
+    def _predict(self, history: list[tuple[float, np.ndarray, np.ndarray]], stamp: float) -> np.ndarray:
+        if len(history) < 2:
+            return history[-1][1].copy()
+        (t0, p0, _), (t1, p1, _) = history[-2], history[-1]
+        ratio = (stamp - t1) / max(t1 - t0, 1e-9)
+        return predict_constant_velocity(p1, p0, ratio)
+
+    def _settings(self, intrinsics: Intrinsics) -> RenderSettings:
+        r = self.config.render
+        s = self.mapper.scene_scale
+        return RenderSettings(intrinsics.width, intrinsics.height, r.sh_degree, r.near_plane * s, r.far_plane * s, r.eps2d, r.background, r.backend)
+
+    def _track(self, frame: Frame, pose_pred: np.ndarray, twist_init: np.ndarray, refine: bool, exclude: np.ndarray | None = None) -> TrackingResult:
+        scene = scene_tensors(self.gmap, detach=True)
+        return self.tracker.track(
+            frame.image, self._image_tensor(frame), frame.intrinsics, pose_pred, twist_init, scene,
+            self._settings(frame.intrinsics), exclude=exclude, refine=refine, scene_scale=self.mapper.scene_scale,
+        )
+
+    def _track_step(self, frame: Frame) -> FrameResult:
+        cfg = self.config
+        timings = StageTimings()
+        pred = self._predict(self._track_history, frame.stamp)
+        prev_twist = self._track_history[-1][2]
+        if not np.any(prev_twist):
+            prev_twist = initial_twist(self._track_history[-1][1], pred, cfg.blur.exposure_ratio)
+        res = self._track(frame, pred, prev_twist, refine=True)
+        timings.flow = res.timings.get("flow", 0.0)
+        timings.render = res.timings.get("render", 0.0)
+        timings.tracking = res.timings.get("gauss_newton+refine", 0.0)
+        state = TrackingState.TRACKING
+        if res.lost:
+            self.counters.lost_frames += 1
+            reloc = self._relocalize(frame)
+            if reloc is not None:
+                res, state = reloc, TrackingState.RELOCALIZED
+                self.counters.relocalizations += 1
+                self._lost_run = 0
+            else:
+                state = TrackingState.LOST
+                self._lost_run += 1
+        else:
+            self._lost_run = 0
+        record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy())
+        self._records.append(record)
+        if state is TrackingState.LOST:
+            log.warning("frame %d: tracking lost (%s)", frame.index, res.reason)
+            self._store_pose(record, res.pose, state, self._nearest_keyframe(frame.stamp))
+            if self._lost_run > cfg.tracking.max_lost_frames:
+                self._reinitialize(frame, record)
+            return self._result(frame, record, timings, res.inlier_ratio)
+        decision = self._keyframe_decision(frame, res)
+        if decision.is_keyframe:
+            t0 = time.perf_counter()
+            kf_id = self._add_keyframe(frame, res)
+            timings.mapping = time.perf_counter() - t0
+            record.is_keyframe = True
+            pose = self.keyframes[kf_id].numpy_pose()
+            record.online_pose = pose.copy()
+            record.twist = self.keyframes[kf_id].twist().detach().numpy()
+            self._store_pose(record, pose, state, kf_id)
+            log.debug("frame %d: keyframe %d (%s)", frame.index, kf_id, decision.reason)
+        else:
+            self._store_pose(record, res.pose, state, self.window[-1])
+        self._track_history.append((frame.stamp, record.online_pose.copy(), record.twist.copy()))
+        self._track_history = self._track_history[-3:]
+        return self._result(frame, record, timings, res.inlier_ratio)
+
+    def _keyframe_decision(self, frame: Frame, res: TrackingResult):  # noqa: ANN202
+        last = self.keyframes[self.window[-1]]
+        flow_px = 0.0
+        if len(res.points):
+            k = frame.intrinsics.numpy()
+            def proj(pose: np.ndarray) -> np.ndarray:
+                x = (res.points - pose[:3, 3]) @ pose[:3, :3]
+                return (x[:, :2] / np.maximum(x[:, 2:3], 1e-9)) * [k[0, 0], k[1, 1]]
+            flow_px = float(np.median(np.linalg.norm(proj(res.pose) - proj(last.numpy_pose()), axis=1)))
+        return decide_keyframe(res.coverage, flow_px, frame.stamp - last.stamp, self.config.keyframes)
+
+    def _relocalize(self, frame: Frame) -> TrackingResult | None:
+        """Track from each window keyframe's pose (newest first); accept the first that holds."""
+        for kf_id in reversed(self.window):
+            kf = self.keyframes[kf_id]
+            res = self._track(frame, kf.numpy_pose(), kf.twist().detach().numpy(), refine=False)
+            if not res.lost:
+                log.info("frame %d: relocalized against keyframe %d", frame.index, kf_id)
+                return res
+        return None
+
+    def _reinitialize(self, frame: Frame, record: _FrameRecord) -> None:
+        log.warning(
+            "frame %d: tracking lost for %d frames, relocalization failed: re-initializing (new map, new scale)",
+            frame.index, self._lost_run,
+        )
+        for rec in self._records:
+            if rec.reference is not None:
+                rec.absolute = self._final_pose(rec)
+                rec.reference = rec.relative = None
+        self.counters.reinitializations += 1
+        self._new_map()
+        self._init_buffer = [(frame, len(self._records) - 1)]
+
+    # -------------------------------------------------------------- mapping
+    def _make_keyframe(self, frame: Frame, pose: np.ndarray, twist: np.ndarray, fixed: bool = False) -> Keyframe:
+        unit = twist_units(self.mapper.scene_scale)
+        return Keyframe(
+            frame_index=frame.index,
+            stamp=frame.stamp,
+            image=self._image_tensor(frame),
+            intrinsics=frame.intrinsics,
+            pose=torch.from_numpy(pose.copy()),
+            twist_u=torch.from_numpy(twist.copy()) / unit,
+            fixed=fixed,
+            unit=unit,
+        )
+
+    def _add_keyframe(self, frame: Frame, res: TrackingResult) -> int:
+        kf = self._make_keyframe(frame, res.pose, res.twist)
+        previous = self.keyframes[self.window[-1]]
+        self.keyframes.append(kf)
+        kf_id = len(self.keyframes) - 1
+        self.window, removed = add_to_window(self.window, kf_id, self.config.keyframes.window_size)
+        self.frozen = self.frozen + removed
+        self.counters.keyframes += 1
+        fallback = self._triangulated_depth(previous, kf)
+        self._mapping_round(kf, fallback)
+        return kf_id
+
+    def _mapping_round(self, newest: Keyframe, fallback_depth: np.ndarray | None) -> MappingStats:
+        replay_id = choose_replay(self.frozen, self.mapping_rounds, self.config.keyframes.replay_every, self.rng)
+        replay = self.keyframes[replay_id] if replay_id is not None else None
+        stats = self.mapper.optimize([self.keyframes[i] for i in self.window], newest, replay, fallback_depth)
+        self.mapping_rounds += 1
+        self.counters.skipped_mapping_steps += stats.skipped_steps
+        return stats
+
+    def _triangulated_depth(self, a: Keyframe, b: Keyframe) -> np.ndarray | None:
+        """Dense depth ``[H, W]`` of keyframe ``b`` triangulated from flow to keyframe ``a``."""
+        img_a = (a.image.numpy() * 255).astype(np.uint8)
+        img_b = (b.image.numpy() * 255).astype(np.uint8)
+        flow = self.flow(img_b, img_a)
+        h, w = flow.shape[:2]
+        px = grid_samples(w, h, stride=4)
+        fl = flow[px[:, 1].astype(int), px[:, 0].astype(int)].astype(np.float64)
+        pa = px + fl
+        k = b.intrinsics.numpy()
+        pts = triangulate(k, b.numpy_pose(), a.numpy_pose(), px, pa)
+        pose_b = b.numpy_pose()
+        z = ((pts - pose_b[:3, 3]) @ pose_b[:3, :3])[:, 2]
+        base = np.linalg.norm(pose_b[:3, 3] - a.numpy_pose()[:3, 3])
+        ok = np.isfinite(z) & (z > 0) & (base / np.maximum(z, 1e-9) > 0.01)
+        if ok.sum() < 50:
+            return None
+        depth = np.full((h, w), np.nan, np.float32)
+        # splat each sample's depth onto its stride x stride cell (nearest-sample upsampling)
+        s = 4
+        for (u, v), d in zip(px[ok].astype(int), z[ok]):
+            depth[max(v - s // 2, 0) : v + s - s // 2, max(u - s // 2, 0) : u + s - s // 2] = d
+        return depth
+
+    # -------------------------------------------------------------- outputs
+    def _store_pose(self, rec: _FrameRecord, pose: np.ndarray, state: TrackingState, reference: int | None) -> None:
+        rec.state = state
+        rec.online_pose = pose.copy() if rec.state is not TrackingState.INITIALIZING else rec.online_pose
+        if reference is None or reference >= len(self.keyframes):
+            rec.absolute, rec.reference, rec.relative = pose.copy(), None, None
+            return
+        rec.reference = reference
+        rec.relative = np.linalg.inv(self.keyframes[reference].numpy_pose()) @ pose
+        rec.absolute = None
+
+    def _nearest_keyframe(self, stamp: float) -> int | None:
+        if not self.keyframes:
+            return None
+        return int(np.argmin([abs(kf.stamp - stamp) for kf in self.keyframes]))
+
+    def _final_pose(self, rec: _FrameRecord) -> np.ndarray:
+        if rec.reference is not None and rec.relative is not None:
+            return self.keyframes[rec.reference].numpy_pose() @ rec.relative
+        if rec.absolute is not None:
+            return rec.absolute.copy()
+        return rec.online_pose.copy()
+
+    def trajectory(self) -> list[TrajectoryPoint]:
+        """Latest pose estimate of every frame that has one (keyframe-relative poses follow
+        their keyframe's refinement; frames that never got a pose are left out)."""
+        return [
+            TrajectoryPoint(rec.index, rec.stamp, self._final_pose(rec), rec.state, rec.is_keyframe)
+            for rec in self._records
+            if rec.state is not TrackingState.INITIALIZING
+        ]
+
+    def online_trajectory(self) -> list[TrajectoryPoint]:
+        """Poses exactly as :meth:`process` returned them (what a live system published)."""
+        return [
+            TrajectoryPoint(rec.index, rec.stamp, rec.online_pose.copy(), rec.state, rec.is_keyframe)
+            for rec in self._records
+            if rec.state is not TrackingState.INITIALIZING
+        ]
+
+    @torch.no_grad()
+    def render(self, pose: np.ndarray, intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+        """Sharp render of the map: RGB ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (NaN = empty)."""
+        from .blur import render_views
+
+        scene = scene_tensors(self.gmap, detach=True)
+        out = render_views(scene, torch.from_numpy(pose)[None], intrinsics.matrix(torch.float64), self._settings(intrinsics))
+        rgb = (out.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        depth = out.depth[0, ..., 0].cpu().numpy().astype(np.float32)
+        depth[out.alpha[0, ..., 0].cpu().numpy() < 0.5] = np.nan
+        return rgb, depth
+
+    def keyframe_poses(self) -> list[np.ndarray]:
+        """Current camera-to-map poses ``[4, 4]`` of all keyframes."""
+        return [kf.numpy_pose() for kf in self.keyframes]
+
+    def map_cloud(self) -> tuple[np.ndarray, np.ndarray]:
+        """Gaussian centres ``[N, 3]`` float32 and colours ``[N, 3]`` uint8."""
+        xyz = self.gmap.means.detach().cpu().numpy().astype(np.float32)
+        rgb = (self.gmap.rgb().cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        return xyz, rgb
 
     def save_map(self, path: str | Path) -> Path:
         """Write the map as a standard 3DGS PLY, atomically."""
-        raise NotImplementedError
+        return self.gmap.save_ply(path)

@@ -1,0 +1,86 @@
+"""Dense optical flow (OpenCV DIS or Farneback) and helpers to sample images at flowed pixels.
+
+Flow convention: ``flow[v, u] = (du, dv)`` moves pixel ``(u, v)`` of the *source* image to
+``(u + du, v + dv)`` in the *destination* image.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["DenseFlow", "to_gray", "flow_consistency", "bilinear_sample", "image_gradients"]
+
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` RGB (uint8, or float in [0, 1]) or ``[H, W]`` -> ``[H, W]`` uint8 grey."""
+    if image.dtype != np.uint8:
+        image = np.clip(np.nan_to_num(image) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return np.ascontiguousarray(image)
+
+
+class DenseFlow:
+    """Dense optical flow between two images of the same size."""
+
+    def __init__(self, method: str = "dis", preset: str = "medium") -> None:
+        if method not in ("dis", "farneback"):
+            raise ValueError(f"unknown flow method {method!r}: use 'dis' or 'farneback'")
+        if method == "dis" and preset not in _DIS_PRESETS:
+            raise ValueError(f"unknown DIS preset {preset!r}: use one of {sorted(_DIS_PRESETS)}")
+        self.method = method
+        self.preset = preset
+        self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset]) if method == "dis" else None
+
+    def __call__(self, source: np.ndarray, destination: np.ndarray) -> np.ndarray:
+        """Flow ``[H, W, 2]`` float32 from ``source`` to ``destination`` (RGB or grey)."""
+        a, b = to_gray(source), to_gray(destination)
+        if a.shape != b.shape:
+            raise ValueError(f"flow needs images of one size, got {a.shape} and {b.shape}")
+        if self._dis is not None:
+            return self._dis.calc(a, b, None)
+        return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 4, 15, 5, 5, 1.1, 0)
+
+
+def flow_consistency(forward: np.ndarray, backward: np.ndarray, threshold_px: float = 1.0) -> np.ndarray:
+    """Forward-backward check ``[H, W]`` bool: ``forward(u) + backward(u + forward(u)) ~ 0``."""
+    h, w = forward.shape[:2]
+    grid_u, grid_v = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    map_u = grid_u + forward[..., 0]
+    map_v = grid_v + forward[..., 1]
+    back = cv2.remap(backward, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+    err = np.linalg.norm(forward + back, axis=-1)
+    inside = (map_u >= 0) & (map_u <= w - 1) & (map_v >= 0) & (map_v <= h - 1)
+    return inside & (err < threshold_px)
+
+
+def bilinear_sample(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Sample ``image`` ``[H, W]`` or ``[H, W, C]`` float at ``(u, v)`` ``[M]`` -> ``[M]`` / ``[M, C]``.
+
+    Coordinates outside the image are clamped to the border (callers mask them).
+    """
+    h, w = image.shape[:2]
+    u = np.clip(u, 0.0, w - 1.0)
+    v = np.clip(v, 0.0, h - 1.0)
+    u0 = np.minimum(np.floor(u).astype(np.int64), w - 2)
+    v0 = np.minimum(np.floor(v).astype(np.int64), h - 2)
+    du, dv = u - u0, v - v0
+    if image.ndim == 3:
+        du, dv = du[:, None], dv[:, None]
+    top = image[v0, u0] * (1 - du) + image[v0, u0 + 1] * du
+    bottom = image[v0 + 1, u0] * (1 - du) + image[v0 + 1, u0 + 1] * du
+    return top * (1 - dv) + bottom * dv
+
+
+def image_gradients(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference (Scharr-smoothed) gradients ``d/du``, ``d/dv`` of a float ``[H, W]`` image."""
+    gu = cv2.Scharr(image, cv2.CV_32F, 1, 0, scale=1.0 / 32.0)
+    gv = cv2.Scharr(image, cv2.CV_32F, 0, 1, scale=1.0 / 32.0)
+    return gu, gv

@@ -1,0 +1,98 @@
+"""Keyframes and the sliding-window policy (pure functions, MonoGS's habit).
+
+A keyframe stores its (blurred) observation, its mid-exposure pose and exposure twist.  Poses
+are optimized as small body-frame corrections ``pose @ exp(delta)`` that are folded back into
+``pose`` after each mapping round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .camera import Intrinsics
+from .config import KeyframeConfig
+from .geometry import se3_exp
+
+__all__ = ["Keyframe", "KeyframeDecision", "decide_keyframe", "add_to_window", "choose_replay"]
+
+
+@dataclass
+class Keyframe:
+    """One keyframe of the map."""
+
+    frame_index: int
+    stamp: float
+    image: Tensor  # [H, W, 3] float in [0, 1], the observed (blurred) frame
+    intrinsics: Intrinsics
+    pose: Tensor  # [4, 4] float64 mid-exposure camera-to-map
+    twist_u: Tensor  # [6] float64 exposure twist in units of ``unit`` (optimized directly)
+    fixed: bool = False  # gauge keyframe: its pose is never optimized
+    dynamic_mask: Tensor | None = None  # [H, W] bool, pixels of moving objects
+    group_poses: dict[int, Tensor] = field(default_factory=dict)  # group -> [4, 4] object-to-map
+    group_twists: dict[int, Tensor] = field(default_factory=dict)  # group -> [6]
+    delta: Tensor = field(default_factory=lambda: torch.zeros(6, dtype=torch.float64))  # [6] pending correction
+    unit: Tensor = field(default_factory=lambda: torch.ones(6, dtype=torch.float64))  # [6] units of delta
+
+    def current_pose(self) -> Tensor:
+        """``pose @ exp(delta * unit)`` ``[4, 4]`` (differentiable in ``delta``)."""
+        return self.pose @ se3_exp(self.delta * self.unit)
+
+    def twist(self) -> Tensor:
+        """Exposure twist ``[6]`` in map units (differentiable in ``twist_u``)."""
+        return self.twist_u * self.unit
+
+    def fold(self) -> None:
+        """Fold the optimized correction into ``pose`` and reset it."""
+        with torch.no_grad():
+            new_pose = self.current_pose().detach()
+            if torch.isfinite(new_pose).all():
+                self.pose = new_pose
+        self.delta = torch.zeros(6, dtype=torch.float64)
+        self.twist_u = self.twist_u.detach()
+
+    def numpy_pose(self) -> np.ndarray:
+        return self.pose.detach().cpu().numpy().astype(np.float64)
+
+
+@dataclass(frozen=True)
+class KeyframeDecision:
+    is_keyframe: bool
+    reason: str  # "coverage", "flow", "time" or "" when not a keyframe
+
+
+def decide_keyframe(coverage: float, median_flow_px: float, seconds_since_keyframe: float, cfg: KeyframeConfig) -> KeyframeDecision:
+    """A frame becomes a keyframe when the map covers too little of it, when it has moved far
+    from the last keyframe (median flow), or when the last keyframe is too old."""
+    if coverage < cfg.min_overlap:
+        return KeyframeDecision(True, "coverage")
+    if median_flow_px > cfg.max_flow_px:
+        return KeyframeDecision(True, "flow")
+    if seconds_since_keyframe > cfg.max_interval_s:
+        return KeyframeDecision(True, "time")
+    return KeyframeDecision(False, "")
+
+
+def add_to_window(window: tuple[int, ...], new: int, size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Append keyframe id ``new`` to the window of at most ``size`` ids; returns (window, removed).
+
+    The oldest keyframes leave first; removed ones are frozen (kept in the map, replayed now
+    and then so the map does not forget them).
+    """
+    if size < 1:
+        raise ValueError(f"window size must be >= 1, got {size}")
+    if new in window:
+        return window, ()
+    grown = window + (new,)
+    excess = max(len(grown) - size, 0)
+    return grown[excess:], grown[:excess]
+
+
+def choose_replay(frozen: tuple[int, ...], mapping_round: int, every: int, rng: np.random.Generator) -> int | None:
+    """Every ``every``-th mapping round, one frozen keyframe (uniformly at random) is replayed."""
+    if not frozen or every <= 0 or mapping_round % every != every - 1:
+        return None
+    return int(frozen[int(rng.integers(len(frozen)))])

@@ -1,0 +1,290 @@
+"""Sliding-window mapping with UPGS's three stages, the blur model, densification and pruning.
+
+Per mapping round (one new keyframe), on the window's keyframes:
+
+1. Gaussians only, poses fixed (``mapping.gaussian_iters`` steps),
+2. poses and exposure twists only, Gaussians fixed (``mapping.pose_iters``),
+3. everything jointly (``mapping.joint_iters``).
+
+Each step renders one keyframe's exposure (``S`` sub-frame renders in one batched rasterizer
+call), compares their mean with the observed, blurred frame, and takes an Adam step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .blur import RenderOutput, RenderSettings, SceneTensors, photometric_loss, render_exposure, render_views
+from .camera import unproject
+from .config import PosegsConfig
+from .gaussians import GaussianMap
+from .keyframes import Keyframe
+
+__all__ = ["Mapper", "MappingStats", "scene_tensors"]
+
+log = logging.getLogger(__name__)
+
+
+def scene_tensors(gmap: GaussianMap, detach: bool = False) -> SceneTensors:
+    """Render-ready tensors of the map (detached when Gaussians are not being optimized)."""
+    act = gmap.activated()
+    if detach:
+        act = {k: v.detach() for k, v in act.items()}
+    return SceneTensors(act["means"], act["quats"], act["scales"], act["opacities"], act["colors"], gmap.group_ids)
+
+
+@dataclass
+class MappingStats:
+    iterations: int = 0
+    final_loss: float = float("nan")
+    added: int = 0
+    pruned: int = 0
+    skipped_steps: int = 0  # non-finite losses / gradients that were not applied
+
+
+class Mapper:
+    """Owns the optimization of the Gaussians and of the window keyframes' poses."""
+
+    def __init__(self, cfg: PosegsConfig, gmap: GaussianMap, rng: np.random.Generator) -> None:
+        self.cfg = cfg
+        self.gmap = gmap
+        self.rng = rng
+        self.scene_scale = 1.0  # median scene depth at initialization (map units)
+
+    # ------------------------------------------------------------------ setup
+    def set_scene_scale(self, scale: float) -> None:
+        """Scale distance-like learning rates to the map's (arbitrary monocular) scale."""
+        self.scene_scale = float(scale)
+        m = self.cfg.mapping
+        self.gmap.setup_optimizers(
+            {
+                "means": m.lr_means * self.scene_scale,
+                "quats": m.lr_quats,
+                "scales": m.lr_scales,
+                "opacities": m.lr_opacity,
+                "sh0": m.lr_colors,
+                "shN": m.lr_colors / 20.0,
+            }
+        )
+
+    def render_settings(self, kf: Keyframe) -> RenderSettings:
+        r = self.cfg.render
+        return RenderSettings(
+            width=kf.intrinsics.width,
+            height=kf.intrinsics.height,
+            sh_degree=r.sh_degree,
+            near_plane=r.near_plane * self.scene_scale,
+            far_plane=r.far_plane * self.scene_scale,
+            eps2d=r.eps2d,
+            background=r.background,
+            backend=r.backend,
+        )
+
+    def subframes(self) -> int:
+        return self.cfg.blur.subframes if self.cfg.blur.enabled else 1
+
+    # --------------------------------------------------------------- seeding
+    @torch.no_grad()
+    def add_from_depth(
+        self,
+        kf: Keyframe,
+        pixels: np.ndarray,
+        depth: np.ndarray,
+        stride: float,
+        opacity: float = 0.7,
+        group_id: int = 0,
+    ) -> int:
+        """Add Gaussians at ``pixels`` ``[M, 2]`` of ``kf`` lifted to ``depth`` ``[M]``.
+
+        Colours come from the keyframe's image; isotropic scales cover about ``stride`` pixels.
+        """
+        ok = np.isfinite(depth) & (depth > 0)
+        pixels, depth = pixels[ok], depth[ok]
+        if len(depth) == 0:
+            return 0
+        k = kf.intrinsics.matrix(torch.float64)
+        uv = torch.from_numpy(pixels).double()
+        z = torch.from_numpy(depth).double()
+        cam = unproject(uv, z, k)
+        pose = kf.pose
+        world = cam @ pose[:3, :3].T + pose[:3, 3]
+        h, w = kf.image.shape[:2]
+        ui = uv[:, 0].round().long().clamp(0, w - 1)
+        vi = uv[:, 1].round().long().clamp(0, h - 1)
+        rgb = kf.image[vi, ui].double()
+        scale = z / kf.intrinsics.fx * stride * 0.5
+        return self.gmap.add(world.float(), rgb.float(), scale.float(), opacities=opacity, group_ids=group_id)
+
+    # ---------------------------------------------------------- optimization
+    def _render_keyframe(self, kf: Keyframe, scene: SceneTensors, pose_grad: bool) -> tuple[Tensor, RenderOutput]:
+        pose = kf.current_pose() if pose_grad else kf.current_pose().detach()
+        twist = kf.twist() if pose_grad else kf.twist().detach()
+        if not self.cfg.blur.enabled:
+            twist = torch.zeros_like(twist)
+        groups = {g: (m, kf.group_twists.get(g, torch.zeros(6, dtype=m.dtype))) for g, m in kf.group_poses.items()}
+        k = kf.intrinsics.matrix(torch.float64)
+        return render_exposure(scene, pose, twist, k, self.render_settings(kf), self.subframes(), groups or None)
+
+    def _pose_optimizer(self, keyframes: list[Keyframe]) -> torch.optim.Adam | None:
+        params = []
+        m = self.cfg.mapping
+        for kf in keyframes:
+            if kf.fixed:
+                continue
+            kf.delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+            params.append({"params": [kf.delta], "lr": m.lr_pose})
+            if self.cfg.blur.enabled:
+                kf.twist_u = kf.twist_u.detach().clone().requires_grad_(True)
+                params.append({"params": [kf.twist_u], "lr": m.lr_exposure})
+        return torch.optim.Adam(params) if params else None
+
+    def optimize(
+        self,
+        window: list[Keyframe],
+        newest: Keyframe | None,
+        replay: Keyframe | None = None,
+        fallback_depth: np.ndarray | None = None,
+    ) -> MappingStats:
+        """Run the three stages on ``window`` (+ an optional replayed frozen keyframe).
+
+        ``newest`` (the keyframe that triggered the round) is densified before stage 1 (with
+        ``fallback_depth`` ``[H, W]`` where the map is transparent) and again after it.
+        """
+        m = self.cfg.mapping
+        stats = MappingStats()
+        if newest is not None and len(self.gmap) > 0:
+            stats.added += self.densify(newest, fallback_depth)
+        if len(self.gmap) == 0 or not window:
+            return stats
+        optimize_poses = m.optimize_poses
+        schedule = [("gaussians", m.gaussian_iters), ("poses", m.pose_iters if optimize_poses else 0), ("joint", m.joint_iters)]
+        frames = list(window) + ([replay] if replay is not None else [])
+        pose_frames = [kf for kf in window if not kf.fixed] if optimize_poses else []
+        pose_opt = self._pose_optimizer(pose_frames) if pose_frames else None
+        for stage, iters in schedule:
+            for _ in range(iters):
+                kf = self._pick(frames, newest)
+                optimize_gaussians = stage in ("gaussians", "joint")
+                optimize_pose = stage in ("poses", "joint") and pose_opt is not None and kf in pose_frames
+                if not optimize_gaussians and not optimize_pose:
+                    continue
+                loss = self._step(kf, optimize_gaussians, optimize_pose, pose_opt)
+                stats.iterations += 1
+                if math.isfinite(loss):
+                    stats.final_loss = loss
+                else:
+                    stats.skipped_steps += 1
+            if stage == "gaussians" and newest is not None:
+                stats.added += self.densify(newest, fallback_depth)
+        for kf in pose_frames:
+            kf.fold()
+        stats.pruned += self.prune()
+        stats.pruned += self.gmap.sanitize()
+        return stats
+
+    def _pick(self, frames: list[Keyframe], newest: Keyframe | None) -> Keyframe:
+        """The newest keyframe a third of the time, otherwise uniformly from the window."""
+        if newest is not None and self.rng.random() < 1.0 / 3.0:
+            return newest
+        return frames[int(self.rng.integers(len(frames)))]
+
+    def _step(self, kf: Keyframe, gaussians: bool, pose: bool, pose_opt: torch.optim.Optimizer | None) -> float:
+        self.gmap.zero_grad()
+        if pose_opt is not None:
+            pose_opt.zero_grad(set_to_none=True)
+        scene = scene_tensors(self.gmap, detach=not gaussians)
+        pred, _ = self._render_keyframe(kf, scene, pose_grad=pose)
+        mask = None if kf.dynamic_mask is None or kf.group_poses else ~kf.dynamic_mask
+        loss = photometric_loss(pred, kf.image, self.cfg.mapping.ssim_weight, mask)
+        if not torch.isfinite(loss):
+            return float("nan")
+        loss.backward()
+        grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.gmap.params.values())
+        if pose and pose_opt is not None:
+            grads_ok &= all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for g in pose_opt.param_groups for p in g["params"]
+            )
+        if not grads_ok:
+            return float("nan")
+        if gaussians:
+            self.gmap.step()
+        if pose and pose_opt is not None:
+            pose_opt.step()
+        return float(loss.detach())
+
+    # ---------------------------------------------------- densify and prune
+    @torch.no_grad()
+    def render_sharp(self, kf: Keyframe) -> RenderOutput:
+        """Sharp render ``s = 0`` at the keyframe's current pose (rgb, depth, alpha, C = 1)."""
+        scene = scene_tensors(self.gmap, detach=True)
+        k = kf.intrinsics.matrix(torch.float64)
+        return render_views(scene, kf.current_pose().detach()[None], k, self.render_settings(kf))
+
+    @torch.no_grad()
+    def densify(self, kf: Keyframe, fallback_depth: np.ndarray | None = None) -> int:
+        """Add Gaussians where ``kf`` is transparent or badly explained by the map.
+
+        Depth: the rendered depth where the map is opaque enough, else ``fallback_depth``
+        (e.g. triangulated), else the nearest rendered depth.
+        """
+        m = self.cfg.mapping
+        out = self.render_sharp(kf)
+        alpha = out.alpha[0, ..., 0].numpy()
+        depth = out.depth[0, ..., 0].numpy()
+        err = (out.rgb[0] - kf.image).abs().mean(-1).numpy()
+        h, w = alpha.shape
+        stride = m.densify_stride
+        offset = int(self.rng.integers(stride))
+        vs, us = np.mgrid[offset:h:stride, offset:w:stride]
+        us, vs = us.ravel(), vs.ravel()
+        a, e = alpha[vs, us], err[vs, us]
+        transparent = a < m.densify_alpha
+        wrong = (~transparent) & (e > m.densify_error)
+        if kf.dynamic_mask is not None:
+            static = ~kf.dynamic_mask.numpy()[vs, us]
+            transparent &= static
+            wrong &= static
+        if not (transparent.any() or wrong.any()):
+            return 0
+        d = np.where(alpha > 0.5, depth, np.nan)[vs, us]
+        if fallback_depth is not None:
+            d = np.where(np.isfinite(d), d, fallback_depth[vs, us])
+        missing = ~np.isfinite(d)
+        if missing.any():
+            d[missing] = _nearest_valid(np.where(alpha > 0.5, depth, np.nan), us[missing], vs[missing])
+        pick = transparent | wrong
+        pixels = np.stack([us[pick], vs[pick]], 1).astype(np.float64)
+        added = self.add_from_depth(kf, pixels, d[pick], stride=stride, opacity=0.5)
+        return added
+
+    @torch.no_grad()
+    def prune(self) -> int:
+        """Remove nearly transparent Gaussians and ones larger than ``prune_scale`` of the scene."""
+        if len(self.gmap) == 0:
+            return 0
+        m = self.cfg.mapping
+        opacity = torch.sigmoid(self.gmap.opacity_logits)
+        big = torch.exp(self.gmap.log_scales).max(dim=1).values > m.prune_scale * self.scene_scale
+        return self.gmap.remove((opacity < m.prune_opacity) | big)
+
+
+def _nearest_valid(depth: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
+    """Depth of the nearest finite pixel of ``depth`` ``[H, W]`` for each query; NaN if none."""
+    valid = np.isfinite(depth)
+    if not valid.any():
+        return np.full(len(us), np.nan)
+    import cv2
+
+    # distance transform with labels gives, for every pixel, the index of the nearest valid one
+    _, labels = cv2.distanceTransformWithLabels((~valid).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    vy, vx = np.nonzero(valid)
+    # labels enumerate zero pixels in row-major order starting at 1
+    lut_v, lut_u = vy, vx
+    idx = labels[vs, us] - 1
+    return depth[lut_v[idx], lut_u[idx]]

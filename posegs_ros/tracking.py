@@ -1,0 +1,237 @@
+"""Per-frame camera tracking against the Gaussian map.
+
+1. render colour + depth at the predicted pose (constant velocity);
+2. dense optical flow render -> observation;
+3. lift the flowed pixels to 3D with the rendered depth and solve the pose by robust
+   Gauss-Newton on reprojection + photometric residuals (:mod:`posegs_ros.pose_solver`);
+4. a few Adam steps of the blur-aware render loss on the pose correction and the exposure
+   twist only (the Gaussians stay fixed).
+
+Tracking is declared lost when too few flow correspondences agree with the solved pose.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .blur import RenderOutput, RenderSettings, SceneTensors, photometric_loss, render_exposure, render_views
+from .camera import Intrinsics
+from .config import PosegsConfig
+from .flow import DenseFlow, image_gradients, to_gray
+from .geometry import se3_exp, se3_log
+from .pose_solver import PhotometricTerm, PoseSolveResult, solve_pose
+
+__all__ = ["TrackingResult", "Tracker", "predict_constant_velocity", "initial_twist", "twist_units"]
+
+
+def twist_units(scene_scale: float) -> Tensor:
+    """Per-component units ``[6]`` of twists: ``scene_scale`` for translation, 1 for rotation."""
+    return torch.tensor([scene_scale] * 3 + [1.0] * 3, dtype=torch.float64)
+
+
+def predict_constant_velocity(previous: np.ndarray, before_previous: np.ndarray | None, dt_ratio: float = 1.0) -> np.ndarray:
+    """Constant-velocity prediction ``[4, 4]``: repeat the last relative motion (scaled by ``dt_ratio``)."""
+    if before_previous is None:
+        return previous.copy()
+    rel = np.linalg.inv(before_previous) @ previous
+    xi = se3_log(torch.from_numpy(rel)) * float(np.clip(dt_ratio, 0.0, 3.0))
+    return previous @ se3_exp(xi).numpy()
+
+
+def initial_twist(previous: np.ndarray, current: np.ndarray, exposure_ratio: float) -> np.ndarray:
+    """Exposure twist ``[6]`` guess: the inter-frame motion times exposure / frame interval.
+
+    The blur loss is symmetric in the twist (``d`` and ``-d`` blur alike), so its gradient
+    vanishes at ``d = 0``: refinement must start away from zero.
+    """
+    rel = np.linalg.inv(previous) @ current
+    return se3_log(torch.from_numpy(rel)).numpy() * exposure_ratio
+
+
+@dataclass
+class TrackingResult:
+    pose: np.ndarray  # [4, 4] camera-to-map, mid-exposure
+    twist: np.ndarray  # [6] exposure twist
+    lost: bool
+    inlier_ratio: float
+    median_error_px: float
+    coverage: float  # fraction of pixels the map covers (alpha > 0.9) at the prediction
+    points: np.ndarray  # [M, 3] map points used (for keyframe parallax checks)
+    flow: np.ndarray  # [H, W, 2] flow render -> observation
+    render: RenderOutput  # sharp render at the prediction
+    timings: dict[str, float] = field(default_factory=dict)
+    reason: str = ""
+
+
+class Tracker:
+    """Tracks frames against the current map."""
+
+    def __init__(self, cfg: PosegsConfig, flow: DenseFlow) -> None:
+        self.cfg = cfg
+        self.flow = flow
+
+    def track(
+        self,
+        image: np.ndarray,
+        target: Tensor,
+        intrinsics: Intrinsics,
+        pose_pred: np.ndarray,
+        twist_init: np.ndarray,
+        scene: SceneTensors,
+        settings: RenderSettings,
+        exclude: np.ndarray | None = None,
+        refine: bool = True,
+        scene_scale: float = 1.0,
+    ) -> TrackingResult:
+        """Track one frame.
+
+        Args:
+            image: ``[H, W, 3]`` uint8 observed (blurred) frame.
+            target: ``[H, W, 3]`` float tensor of the same frame in [0, 1].
+            pose_pred: ``[4, 4]`` predicted camera-to-map pose.
+            twist_init: ``[6]`` starting exposure twist (not zero: see :func:`initial_twist`).
+            exclude: ``[H, W]`` bool pixels to ignore (moving objects).
+            refine: run the blur-aware render-loss steps after Gauss-Newton.
+        """
+        t = self.cfg.tracking
+        timings: dict[str, float] = {}
+        k = intrinsics.matrix(torch.float64)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = render_views(scene, torch.from_numpy(pose_pred)[None], k, settings)
+        timings["render"] = time.perf_counter() - t0
+        rgb = out.rgb[0].clamp(0, 1).numpy()
+        depth = out.depth[0, ..., 0].numpy()
+        alpha = out.alpha[0, ..., 0].numpy()
+        coverage = float((alpha > 0.9).mean())
+
+        t0 = time.perf_counter()
+        flow = self.flow(rgb, image)
+        timings["flow"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        solved, points = self._gauss_newton(image, rgb, depth, alpha, flow, intrinsics, pose_pred, exclude)
+        lost = (
+            solved is None
+            or solved.inlier_ratio < t.min_inlier_ratio
+            or solved.median_error_px > t.max_reprojection_px
+            or not np.isfinite(solved.pose).all()
+        )
+        pose = pose_pred if solved is None or not np.isfinite(solved.pose).all() else solved.pose
+        twist = twist_init.copy()
+        if not lost and refine and t.refine_steps > 0:
+            pose, twist = self.refine(target, intrinsics, pose, twist, scene, settings, alpha, exclude, scene_scale)
+        timings["gauss_newton+refine"] = time.perf_counter() - t0
+        reason = ""
+        if solved is None:
+            reason = "too few valid correspondences"
+        elif lost:
+            reason = f"inlier ratio {solved.inlier_ratio:.2f}, median error {solved.median_error_px:.2f} px"
+        return TrackingResult(
+            pose=pose,
+            twist=twist,
+            lost=lost,
+            inlier_ratio=0.0 if solved is None else solved.inlier_ratio,
+            median_error_px=float("inf") if solved is None else solved.median_error_px,
+            coverage=coverage,
+            points=points,
+            flow=flow,
+            render=out,
+            timings=timings,
+            reason=reason,
+        )
+
+    def _gauss_newton(
+        self,
+        image: np.ndarray,
+        rgb: np.ndarray,
+        depth: np.ndarray,
+        alpha: np.ndarray,
+        flow: np.ndarray,
+        intrinsics: Intrinsics,
+        pose_pred: np.ndarray,
+        exclude: np.ndarray | None,
+    ) -> tuple[PoseSolveResult | None, np.ndarray]:
+        t = self.cfg.tracking
+        h, w = depth.shape
+        s = t.sample_stride
+        vs, us = np.mgrid[s // 2 : h : s, s // 2 : w : s]
+        us, vs = us.ravel(), vs.ravel()
+        valid = (alpha[vs, us] > 0.95) & np.isfinite(depth[vs, us]) & (depth[vs, us] > 0)
+        if exclude is not None:
+            valid &= ~exclude[vs, us]
+        us, vs = us[valid], vs[valid]
+        if len(us) < 50:
+            return None, np.zeros((0, 3))
+        z = depth[vs, us].astype(np.float64)
+        k = intrinsics.numpy()
+        cam = np.stack([(us - k[0, 2]) / k[0, 0] * z, (vs - k[1, 2]) / k[1, 1] * z, z], 1)
+        points = cam @ pose_pred[:3, :3].T + pose_pred[:3, 3]
+        targets = np.stack([us, vs], 1) + flow[vs, us].astype(np.float64)
+        inside = (targets[:, 0] >= 0) & (targets[:, 0] <= w - 1) & (targets[:, 1] >= 0) & (targets[:, 1] <= h - 1)
+        points, targets = points[inside], targets[inside]
+        photometric = None
+        if t.photometric_weight > 0:
+            obs = to_gray(image).astype(np.float32) / 255.0
+            gu, gv = image_gradients(obs)
+            ref = to_gray(rgb).astype(np.float32) / 255.0
+            photometric = PhotometricTerm(points, ref[vs[inside], us[inside]], obs, gu, gv, t.photometric_weight)
+        result = solve_pose(
+            points, targets, k, pose_pred, huber_px=t.huber_px, iterations=t.gn_iterations,
+            photometric=photometric, image_size=(w, h),
+        )
+        return result, points
+
+    def refine(
+        self,
+        target: Tensor,
+        intrinsics: Intrinsics,
+        pose: np.ndarray,
+        twist: np.ndarray,
+        scene: SceneTensors,
+        settings: RenderSettings,
+        alpha: np.ndarray,
+        exclude: np.ndarray | None,
+        scene_scale: float = 1.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Blur-aware refinement of the pose correction and exposure twist (Gaussians fixed).
+
+        Parameters are optimized in units where a translation of ``scene_scale`` (the map's
+        median depth) weighs like one radian, so one learning rate fits both parts.
+        """
+        t = self.cfg.tracking
+        blur_on = self.cfg.blur.enabled
+        subframes = self.cfg.blur.subframes if blur_on else 1
+        base = torch.from_numpy(pose)
+        unit = twist_units(scene_scale)
+        u_delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+        u_twist = torch.from_numpy(twist / unit.numpy()).requires_grad_(blur_on)
+        params = [u_delta] + ([u_twist] if blur_on else [])
+        opt = torch.optim.Adam(params, lr=t.refine_lr)
+        mask_np = alpha > 0.9
+        if exclude is not None:
+            mask_np &= ~exclude
+        mask = torch.from_numpy(mask_np)
+        k = intrinsics.matrix(torch.float64)
+        best = (float("inf"), pose, twist)
+        for _ in range(t.refine_steps):
+            opt.zero_grad(set_to_none=True)
+            cur = base @ se3_exp(u_delta * unit)
+            d = u_twist * unit
+            pred, _ = render_exposure(scene, cur, d if blur_on else torch.zeros(6, dtype=torch.float64), k, settings, subframes)
+            loss = photometric_loss(pred, target, ssim_weight=0.0, mask=mask)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                break
+            if value < best[0]:
+                best = (value, cur.detach().numpy().copy(), d.detach().numpy().copy())
+            loss.backward()
+            if not all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
+                break
+            opt.step()
+        return best[1], best[2]
