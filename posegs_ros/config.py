@@ -78,14 +78,16 @@ class TrackingConfig:
 
     flow: str = _f("dis", "dense optical flow: dis (OpenCV DIS) | farneback")
     flow_preset: str = _f("medium", "DIS preset: ultrafast | fast | medium")
+    flow_passes: int = _f(2, "render -> flow -> Gauss-Newton passes (each starts from the previous pose)")
     gn_iterations: int = _f(8, "Gauss-Newton iterations on reprojection + photometric residuals")
     huber_px: float = _f(1.5, "Huber threshold of reprojection residuals (pixels)")
-    photometric_weight: float = _f(0.05, "weight of photometric residuals relative to geometric ones")
+    photometric_weight: float = _f(0.01, "weight of photometric residuals relative to geometric ones")
     sample_stride: int = _f(4, "use every n-th pixel (in x and y) for Gauss-Newton")
     refine_steps: int = _f(6, "gradient steps of the blur-aware render loss on pose + exposure twist")
     refine_lr: float = _f(2.0e-3, "Adam learning rate of the blur-aware pose refinement")
     min_inlier_ratio: float = _f(0.3, "below this fraction of inlier pixels the frame is declared lost")
     max_reprojection_px: float = _f(4.0, "median reprojection error above which tracking is lost")
+    min_ncc: float = _f(0.5, "intensity correlation of render and observation at the flow matches below which tracking is lost")
     max_lost_frames: int = _f(10, "consecutive lost frames (relocalization failing) before re-initializing")
 
 

@@ -22,11 +22,15 @@ from torch import Tensor
 from .blur import RenderOutput, RenderSettings, SceneTensors, photometric_loss, render_exposure, render_views
 from .camera import Intrinsics
 from .config import PosegsConfig
-from .flow import DenseFlow, image_gradients, to_gray
+from .flow import DenseFlow, bilinear_sample, image_gradients, to_gray
 from .geometry import se3_exp, se3_log
 from .pose_solver import PhotometricTerm, PoseSolveResult, solve_pose
 
 __all__ = ["TrackingResult", "Tracker", "predict_constant_velocity", "initial_twist", "twist_units"]
+
+
+COVERED_ALPHA = 0.5  # a pixel is covered by the map when its rendered opacity exceeds this
+SAMPLE_ALPHA = 0.7  # pixels used for tracking: opaque enough for their rendered depth to be reliable
 
 
 def twist_units(scene_scale: float) -> Tensor:
@@ -60,12 +64,20 @@ class TrackingResult:
     lost: bool
     inlier_ratio: float
     median_error_px: float
-    coverage: float  # fraction of pixels the map covers (alpha > 0.9) at the prediction
+    coverage: float  # fraction of pixels the map covers (alpha > COVERED_ALPHA) at the prediction
     points: np.ndarray  # [M, 3] map points used (for keyframe parallax checks)
     flow: np.ndarray  # [H, W, 2] flow render -> observation
     render: RenderOutput  # sharp render at the prediction
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalized cross-correlation of two intensity samples ``[M]`` (0 for constant ones)."""
+    a = a - a.mean()
+    b = b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 1e-12 else 0.0
 
 
 class Tracker:
@@ -99,39 +111,51 @@ class Tracker:
             refine: run the blur-aware render-loss steps after Gauss-Newton.
         """
         t = self.cfg.tracking
-        timings: dict[str, float] = {}
+        timings = {"render": 0.0, "flow": 0.0, "gauss_newton+refine": 0.0}
         k = intrinsics.matrix(torch.float64)
+        pose_pass = pose_pred
+        solved: PoseSolveResult | None = None
+        first: tuple[RenderOutput, float, np.ndarray] | None = None
+        for _ in range(max(t.flow_passes, 1)):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                out = render_views(scene, torch.from_numpy(pose_pass)[None], k, settings)
+            timings["render"] += time.perf_counter() - t0
+            rgb = out.rgb[0].clamp(0, 1).numpy()
+            depth = out.depth[0, ..., 0].numpy()
+            alpha = out.alpha[0, ..., 0].numpy()
+            t0 = time.perf_counter()
+            flow = self.flow(rgb, image)
+            timings["flow"] += time.perf_counter() - t0
+            if first is None:
+                first = (out, float((alpha > COVERED_ALPHA).mean()), flow)
+            t0 = time.perf_counter()
+            solved, points, ncc = self._gauss_newton(image, rgb, depth, alpha, flow, intrinsics, pose_pass, exclude)
+            timings["gauss_newton+refine"] += time.perf_counter() - t0
+            if solved is None or not np.isfinite(solved.pose).all():
+                break
+            pose_pass = solved.pose
+        assert first is not None
+        out, coverage, flow = first
         t0 = time.perf_counter()
-        with torch.no_grad():
-            out = render_views(scene, torch.from_numpy(pose_pred)[None], k, settings)
-        timings["render"] = time.perf_counter() - t0
-        rgb = out.rgb[0].clamp(0, 1).numpy()
-        depth = out.depth[0, ..., 0].numpy()
-        alpha = out.alpha[0, ..., 0].numpy()
-        coverage = float((alpha > 0.9).mean())
-
-        t0 = time.perf_counter()
-        flow = self.flow(rgb, image)
-        timings["flow"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        solved, points = self._gauss_newton(image, rgb, depth, alpha, flow, intrinsics, pose_pred, exclude)
         lost = (
             solved is None
             or solved.inlier_ratio < t.min_inlier_ratio
             or solved.median_error_px > t.max_reprojection_px
             or not np.isfinite(solved.pose).all()
+            or ncc < t.min_ncc
         )
         pose = pose_pred if solved is None or not np.isfinite(solved.pose).all() else solved.pose
         twist = twist_init.copy()
         if not lost and refine and t.refine_steps > 0:
             pose, twist = self.refine(target, intrinsics, pose, twist, scene, settings, alpha, exclude, scene_scale)
-        timings["gauss_newton+refine"] = time.perf_counter() - t0
+        timings["gauss_newton+refine"] += time.perf_counter() - t0
         reason = ""
         if solved is None:
             reason = "too few valid correspondences"
         elif lost:
-            reason = f"inlier ratio {solved.inlier_ratio:.2f}, median error {solved.median_error_px:.2f} px"
+            reason = (f"inlier ratio {solved.inlier_ratio:.2f}, median error {solved.median_error_px:.2f} px, "
+                      f"intensity correlation {ncc:.2f}")
         return TrackingResult(
             pose=pose,
             twist=twist,
@@ -156,18 +180,21 @@ class Tracker:
         intrinsics: Intrinsics,
         pose_pred: np.ndarray,
         exclude: np.ndarray | None,
-    ) -> tuple[PoseSolveResult | None, np.ndarray]:
+    ) -> tuple[PoseSolveResult | None, np.ndarray, float]:
+        """Solve the pose from flowed samples; also returns the normalized cross-correlation of
+        rendered and observed intensities at the flow correspondences (near 0 when the
+        observation does not show the map, whatever the flow says)."""
         t = self.cfg.tracking
         h, w = depth.shape
         s = t.sample_stride
         vs, us = np.mgrid[s // 2 : h : s, s // 2 : w : s]
         us, vs = us.ravel(), vs.ravel()
-        valid = (alpha[vs, us] > 0.95) & np.isfinite(depth[vs, us]) & (depth[vs, us] > 0)
+        valid = (alpha[vs, us] > SAMPLE_ALPHA) & np.isfinite(depth[vs, us]) & (depth[vs, us] > 0)
         if exclude is not None:
             valid &= ~exclude[vs, us]
         us, vs = us[valid], vs[valid]
         if len(us) < 50:
-            return None, np.zeros((0, 3))
+            return None, np.zeros((0, 3)), 0.0
         z = depth[vs, us].astype(np.float64)
         k = intrinsics.numpy()
         cam = np.stack([(us - k[0, 2]) / k[0, 0] * z, (vs - k[1, 2]) / k[1, 1] * z, z], 1)
@@ -175,17 +202,18 @@ class Tracker:
         targets = np.stack([us, vs], 1) + flow[vs, us].astype(np.float64)
         inside = (targets[:, 0] >= 0) & (targets[:, 0] <= w - 1) & (targets[:, 1] >= 0) & (targets[:, 1] <= h - 1)
         points, targets = points[inside], targets[inside]
+        obs = to_gray(image).astype(np.float32) / 255.0
+        ref = to_gray(rgb).astype(np.float32) / 255.0
+        ncc = _ncc(ref[vs[inside], us[inside]], bilinear_sample(obs, targets[:, 0], targets[:, 1]))
         photometric = None
         if t.photometric_weight > 0:
-            obs = to_gray(image).astype(np.float32) / 255.0
             gu, gv = image_gradients(obs)
-            ref = to_gray(rgb).astype(np.float32) / 255.0
             photometric = PhotometricTerm(points, ref[vs[inside], us[inside]], obs, gu, gv, t.photometric_weight)
         result = solve_pose(
             points, targets, k, pose_pred, huber_px=t.huber_px, iterations=t.gn_iterations,
             photometric=photometric, image_size=(w, h),
         )
-        return result, points
+        return result, points, ncc
 
     def refine(
         self,
@@ -213,7 +241,7 @@ class Tracker:
         u_twist = torch.from_numpy(twist / unit.numpy()).requires_grad_(blur_on)
         params = [u_delta] + ([u_twist] if blur_on else [])
         opt = torch.optim.Adam(params, lr=t.refine_lr)
-        mask_np = alpha > 0.9
+        mask_np = alpha > SAMPLE_ALPHA
         if exclude is not None:
             mask_np &= ~exclude
         mask = torch.from_numpy(mask_np)

@@ -1,0 +1,100 @@
+"""The exposure blur model: a blurred render is the mean of sharp renders along T exp(s d)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from posegs_ros.blur import (
+    RenderSettings,
+    SceneTensors,
+    exposure_offsets,
+    exposure_poses,
+    photometric_loss,
+    render_exposure,
+    render_views,
+    ssim,
+)
+from posegs_ros.camera import Intrinsics
+from posegs_ros.gaussians import rgb_to_sh0
+
+INTR = Intrinsics(80.0, 80.0, 47.5, 35.5, 96, 72)
+
+
+def textured_wall(n_side: int = 40, seed: int = 0, groups: bool = False) -> SceneTensors:
+    gen = torch.Generator().manual_seed(seed)
+    u, v = torch.meshgrid(torch.linspace(-1.2, 1.2, n_side), torch.linspace(-0.9, 0.9, n_side), indexing="ij")
+    means = torch.stack([u.ravel(), v.ravel(), torch.full((n_side * n_side,), 2.0)], 1)
+    n = means.shape[0]
+    rgb = torch.rand(n, 3, generator=gen)
+    group_ids = (means[:, 0] > 0.5).long() if groups else None
+    return SceneTensors(
+        means, torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4), torch.full((n, 3), 0.03), torch.full((n,), 0.8),
+        rgb_to_sh0(rgb)[:, None, :], group_ids,
+    )
+
+
+def test_exposure_offsets() -> None:
+    assert exposure_offsets(1).tolist() == [0.0]
+    assert exposure_offsets(5).tolist() == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
+    with pytest.raises(ValueError):
+        exposure_offsets(0)
+
+
+def test_blurred_render_is_mean_of_shifted_renders() -> None:
+    scene = textured_wall()
+    settings = RenderSettings(INTR.width, INTR.height)
+    k = INTR.matrix(torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    twist = torch.tensor([0.04, -0.01, 0.0, 0.0, 0.03, 0.01], dtype=torch.float64)
+    blurred, views = render_exposure(scene, pose, twist, k, settings, subframes=5)
+    singles = [render_views(scene, p[None], k, settings).rgb[0] for p in exposure_poses(pose, twist, exposure_offsets(5, torch.float64))]
+    assert torch.allclose(blurred, torch.stack(singles).mean(0), atol=1e-5)
+    assert views.rgb.shape == (5, INTR.height, INTR.width, 3)
+    # the middle sub-frame is the sharp render at the pose itself
+    assert torch.allclose(views.rgb[2], render_views(scene, pose[None], k, settings).rgb[0], atol=1e-6)
+    # blur removes detail: less gradient energy than the sharp image
+    def energy(img: torch.Tensor) -> float:
+        return float((img[1:] - img[:-1]).abs().mean() + (img[:, 1:] - img[:, :-1]).abs().mean())
+    assert energy(blurred) < 0.8 * energy(views.rgb[2])
+
+
+def test_zero_twist_means_no_blur() -> None:
+    scene = textured_wall()
+    settings = RenderSettings(INTR.width, INTR.height)
+    k = INTR.matrix(torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    blurred, _ = render_exposure(scene, pose, torch.zeros(6, dtype=torch.float64), k, settings, subframes=4)
+    assert torch.allclose(blurred, render_views(scene, pose[None], k, settings).rgb[0], atol=1e-6)
+
+
+def test_motion_group_is_moved_by_its_transform() -> None:
+    scene = textured_wall(groups=True)
+    settings = RenderSettings(INTR.width, INTR.height)
+    k = INTR.matrix(torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    move = torch.eye(4, dtype=torch.float64)
+    move[1, 3] = 0.1
+    zero = torch.zeros(6, dtype=torch.float64)
+    moved, _ = render_exposure(scene, pose, zero, k, settings, subframes=1, groups={1: (move, zero)})
+    shifted_means = scene.means.clone()
+    shifted_means[scene.group_ids == 1, 1] += 0.1
+    manual = SceneTensors(shifted_means, scene.quats, scene.scales, scene.opacities, scene.colors, scene.group_ids)
+    assert torch.allclose(moved, render_views(manual, pose[None], k, settings).rgb[0], atol=1e-5)
+
+
+def test_loss_and_ssim_basics() -> None:
+    gen = torch.Generator().manual_seed(1)
+    img = torch.rand(40, 50, 3, generator=gen)
+    assert ssim(img, img).item() == pytest.approx(1.0, abs=1e-5)
+    assert photometric_loss(img, img).item() == pytest.approx(0.0, abs=1e-5)
+    noisy = (img + 0.1 * torch.randn(40, 50, 3, generator=gen)).clamp(0, 1)
+    assert photometric_loss(noisy, img).item() > 0.05
+    mask = torch.zeros(40, 50, dtype=torch.bool)
+    mask[:20] = True
+    half = img.clone()
+    half[20:] = 0.0  # differences only outside the mask
+    assert photometric_loss(half, img, ssim_weight=0.0, mask=mask).item() == pytest.approx(0.0, abs=1e-7)
+    assert math.isfinite(photometric_loss(noisy, img, ssim_weight=0.0, mask=torch.zeros(40, 50, dtype=torch.bool)).item())

@@ -1,0 +1,85 @@
+"""Mapping: three-stage rounds reduce the loss, densify fills holes, prune drops transparent Gaussians,
+Adam state stays aligned, non-finite parameters never stay in the map."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from posegs_ros.config import PosegsConfig, apply_flat
+from posegs_ros.gaussians import GaussianMap
+from posegs_ros.keyframes import Keyframe
+from posegs_ros.mapping import Mapper
+from posegs_ros.tracking import twist_units
+
+
+def keyframe(frame, intrinsics, scale: float, fixed: bool = False) -> Keyframe:
+    return Keyframe(frame.index, frame.stamp, torch.from_numpy(frame.blurred).float() / 255, intrinsics,
+                    torch.from_numpy(frame.pose.copy()), torch.zeros(6, dtype=torch.float64), fixed=fixed,
+                    unit=twist_units(scale))
+
+
+def seeded(seq, cfg, left_half_only: bool = False):
+    f0 = seq.frames[0]
+    gmap = GaussianMap(0, 40_000)
+    mapper = Mapper(cfg, gmap, np.random.default_rng(0))
+    mapper.set_scene_scale(float(np.median(f0.depth)))
+    kf = keyframe(f0, seq.intrinsics, mapper.scene_scale, fixed=True)
+    h, w = f0.depth.shape
+    vs, us = np.mgrid[0:h:2, 0 : (w // 2 if left_half_only else w) : 2]
+    mapper.add_from_depth(kf, np.stack([us.ravel(), vs.ravel()], 1).astype(float),
+                          f0.depth[vs.ravel(), us.ravel()].astype(float), stride=2.0)
+    return gmap, mapper, kf
+
+
+def test_mapping_round_lowers_the_loss_and_moves_only_free_poses(small_sequence) -> None:
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"mapping.gaussian_iters": 15, "mapping.pose_iters": 4, "mapping.joint_iters": 4, "blur.subframes": 3})
+    gmap, mapper, kf0 = seeded(seq, cfg)
+    kf1 = keyframe(seq.frames[4], seq.intrinsics, mapper.scene_scale)
+    kf1.twist_u = torch.tensor([0.0, 0.0, 0.0, 0.002, 0.002, 0.0], dtype=torch.float64)
+    first = mapper.optimize([kf0, kf1], None)
+    second = mapper.optimize([kf0, kf1], None)
+    assert second.final_loss < first.final_loss or second.final_loss < 0.08
+    assert torch.equal(kf0.pose, torch.from_numpy(seq.frames[0].pose))  # the gauge keyframe never moves
+    assert not torch.equal(kf1.pose, torch.from_numpy(seq.frames[4].pose))  # a free one is refined
+    assert torch.count_nonzero(kf1.delta) == 0 and not kf1.twist_u.requires_grad  # folded back
+
+
+def test_densify_fills_an_uncovered_half_and_keeps_optimizer_rows(small_sequence) -> None:
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"mapping.gaussian_iters": 2, "mapping.pose_iters": 0, "mapping.joint_iters": 0})
+    gmap, mapper, kf0 = seeded(seq, cfg, left_half_only=True)
+    mapper.optimize([kf0], None)  # creates Adam state
+    n_before = len(gmap)
+    alpha_before = mapper.render_sharp(kf0).alpha[0, ..., 0]
+    w = alpha_before.shape[1]
+    assert alpha_before[:, w * 3 // 4 :].mean() < 0.1
+    added = mapper.densify(kf0, fallback_depth=seq.frames[0].depth)
+    assert added > 0 and len(gmap) == n_before + added
+    for name, opt in gmap.optimizers.items():
+        state = opt.state[gmap.params[name]]
+        assert state["exp_avg"].shape[0] == len(gmap)
+        assert torch.count_nonzero(state["exp_avg"][n_before:]) == 0
+    alpha_after = mapper.render_sharp(kf0).alpha[0, ..., 0]
+    assert alpha_after[:, w * 3 // 4 :].mean() > 0.5
+    # the new Gaussians sit at the fallback (ground-truth) depth
+    new_means = gmap.means[n_before:].detach().double()
+    pose = kf0.pose
+    z = ((new_means - pose[:3, 3]) @ pose[:3, :3])[:, 2].numpy()
+    assert np.median(z) > 0.5 * np.median(seq.frames[0].depth)
+
+
+def test_prune_and_sanitize(small_sequence) -> None:
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"mapping.prune_opacity": 0.05})
+    gmap, mapper, _ = seeded(seq, cfg)
+    n = len(gmap)
+    with torch.no_grad():
+        gmap.params["opacities"][:10] = -10.0  # opacity ~ 4.5e-5
+        gmap.params["scales"][10:12] = 10.0  # huge
+        gmap.params["means"][12, 1] = float("nan")
+    assert mapper.prune() == 12
+    assert gmap.sanitize() == 1
+    assert len(gmap) == n - 13
+    assert all(torch.isfinite(p).all() for p in gmap.params.values())

@@ -1,0 +1,74 @@
+"""Tracking a frame against a map: known small motion, lost detection, constant velocity."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from posegs_ros.blur import RenderSettings
+from posegs_ros.config import PosegsConfig, apply_flat
+from posegs_ros.flow import DenseFlow
+from posegs_ros.gaussians import GaussianMap
+from posegs_ros.geometry import se3_exp
+from posegs_ros.keyframes import Keyframe
+from posegs_ros.mapping import Mapper, scene_tensors
+from posegs_ros.tracking import Tracker, initial_twist, predict_constant_velocity, twist_units
+
+
+def map_from_ground_truth(seq, cfg):
+    """A map seeded from frame 0's GT depth and fitted to its sharp image for a few steps."""
+    f0 = seq.frames[0]
+    gmap = GaussianMap(0, 50_000)
+    mapper = Mapper(cfg, gmap, np.random.default_rng(0))
+    mapper.set_scene_scale(float(np.median(f0.depth)))
+    kf = Keyframe(0, f0.stamp, torch.from_numpy(f0.sharp).float() / 255, seq.intrinsics, torch.from_numpy(f0.pose),
+                  torch.zeros(6, dtype=torch.float64), fixed=True, unit=twist_units(mapper.scene_scale))
+    h, w = f0.depth.shape
+    vs, us = np.mgrid[0:h:2, 0:w:2]
+    mapper.add_from_depth(kf, np.stack([us.ravel(), vs.ravel()], 1).astype(float), f0.depth[vs.ravel(), us.ravel()].astype(float), stride=2.0, opacity=0.6)
+    mapper.optimize([kf], None)
+    return gmap, mapper
+
+
+def test_tracks_known_small_motion(small_sequence) -> None:
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"blur.enabled": False, "mapping.gaussian_iters": 40, "mapping.pose_iters": 0,
+                                      "mapping.joint_iters": 0, "tracking.refine_steps": 0})
+    gmap, mapper = map_from_ground_truth(seq, cfg)
+    tracker = Tracker(cfg, DenseFlow())
+    settings = RenderSettings(seq.intrinsics.width, seq.intrinsics.height)
+    f0, f3 = seq.frames[0], seq.frames[3]
+    res = tracker.track(f3.blurred, torch.from_numpy(f3.blurred).float() / 255, seq.intrinsics, f0.pose.copy(), np.zeros(6),
+                        scene_tensors(gmap, True), settings, scene_scale=mapper.scene_scale)
+    assert not res.lost and res.inlier_ratio > 0.8
+    moved = np.linalg.norm(f3.pose[:3, 3] - f0.pose[:3, 3])
+    err = np.linalg.norm(res.pose[:3, 3] - f3.pose[:3, 3])
+    assert moved > 0.02 and err < 0.5 * moved, (err, moved)
+    rot_err = np.degrees(np.arccos(np.clip((np.trace(res.pose[:3, :3].T @ f3.pose[:3, :3]) - 1) / 2, -1, 1)))
+    rot_moved = np.degrees(np.arccos(np.clip((np.trace(f0.pose[:3, :3].T @ f3.pose[:3, :3]) - 1) / 2, -1, 1)))
+    assert rot_err < 0.5 * rot_moved + 0.05
+    assert 0.9 < res.coverage <= 1.0
+
+
+def test_tracking_of_an_unrelated_image_is_lost(small_sequence) -> None:
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"blur.enabled": False, "mapping.gaussian_iters": 10, "mapping.pose_iters": 0,
+                                      "mapping.joint_iters": 0, "tracking.refine_steps": 0})
+    gmap, mapper = map_from_ground_truth(seq, cfg)
+    noise = np.random.default_rng(0).integers(0, 256, seq.frames[0].blurred.shape, dtype=np.uint8)
+    res = Tracker(cfg, DenseFlow()).track(
+        noise, torch.from_numpy(noise).float() / 255, seq.intrinsics, seq.frames[0].pose.copy(), np.zeros(6),
+        scene_tensors(gmap, True), RenderSettings(seq.intrinsics.width, seq.intrinsics.height), scene_scale=mapper.scene_scale,
+    )
+    assert res.lost and res.reason
+
+
+def test_constant_velocity_prediction_and_twist_guess() -> None:
+    a = np.eye(4)
+    step = se3_exp(torch.tensor([0.1, 0.0, 0.02, 0.0, 0.05, 0.0], dtype=torch.float64)).numpy()
+    b = a @ step
+    assert np.allclose(predict_constant_velocity(b, a), b @ step, atol=1e-12)
+    half = predict_constant_velocity(b, a, dt_ratio=0.5)
+    assert np.allclose(half[:3, 3], (b @ se3_exp(torch.tensor([0.05, 0, 0.01, 0, 0.025, 0], dtype=torch.float64)).numpy())[:3, 3])
+    assert np.allclose(predict_constant_velocity(b, None), b)
+    assert np.allclose(initial_twist(a, b, 0.5), [0.05, 0.0, 0.01, 0.0, 0.025, 0.0], atol=1e-12)
