@@ -123,6 +123,7 @@ class MappingConfig:
     prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
     prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
     max_gaussians: int = _f(60000, "cap on the number of Gaussians (memory bound)")
+    final_iters: int = _f(0, "offline only (posegs replay): joint steps over all keyframes after the last frame")
     optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
 
 

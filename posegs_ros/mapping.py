@@ -162,19 +162,41 @@ class Mapper:
             stats.added += self.densify(newest, fallback_depth)
         if len(self.gmap) == 0 or not window:
             return stats
-        optimize_poses = m.optimize_poses
-        schedule = [("gaussians", m.gaussian_iters), ("poses", m.pose_iters if optimize_poses else 0), ("joint", m.joint_iters)]
+        poses = m.optimize_poses
+        schedule = [("gaussians", m.gaussian_iters), ("poses", m.pose_iters if poses else 0), ("joint", m.joint_iters)]
         frames = list(window) + ([replay] if replay is not None else [])
-        pose_frames = [kf for kf in window if not kf.fixed] if optimize_poses else []
+        pose_frames = [kf for kf in window if not kf.fixed] if poses else []
+        return self._run(schedule, frames, pose_frames, newest, fallback_depth, stats)
+
+    def refine_all(self, keyframes: list[Keyframe], iterations: int) -> MappingStats:
+        """Offline final refinement: joint steps over all keyframes (Gaussians, and poses unless
+        ``mapping.optimize_poses`` is off), no densification."""
+        if len(self.gmap) == 0 or not keyframes or iterations <= 0:
+            return MappingStats()
+        pose_frames = [kf for kf in keyframes if not kf.fixed] if self.cfg.mapping.optimize_poses else []
+        return self._run([("joint", iterations)], list(keyframes), pose_frames, None, None, MappingStats())
+
+    def _run(
+        self,
+        schedule: list[tuple[str, int]],
+        frames: list[Keyframe],
+        pose_frames: list[Keyframe],
+        newest: Keyframe | None,
+        fallback_depth: np.ndarray | None,
+        stats: MappingStats,
+    ) -> MappingStats:
         pose_opt = self._pose_optimizer(pose_frames) if pose_frames else None
         for stage, iters in schedule:
+            gaussians = stage in ("gaussians", "joint")
             for _ in range(iters):
-                kf = self._pick(frames, newest)
-                optimize_gaussians = stage in ("gaussians", "joint")
-                optimize_pose = stage in ("poses", "joint") and pose_opt is not None and kf in pose_frames
-                if not optimize_gaussians and not optimize_pose:
-                    continue
-                loss = self._step(kf, optimize_gaussians, optimize_pose, pose_opt)
+                if stage == "poses":
+                    if pose_opt is None:
+                        break
+                    kf = self._pick(pose_frames, newest if newest in pose_frames else None)
+                else:
+                    kf = self._pick(frames, newest)
+                pose = stage in ("poses", "joint") and pose_opt is not None and kf in pose_frames
+                loss = self._step(kf, gaussians, pose, pose_opt)
                 stats.iterations += 1
                 if math.isfinite(loss):
                     stats.final_loss = loss

@@ -492,6 +492,14 @@ class Reconstructor:
             depth[max(v - s // 2, 0) : v + s - s // 2, max(u - s // 2, 0) : u + s - s // 2] = d
         return depth
 
+    def finalize(self, iterations: int | None = None) -> MappingStats:
+        """Offline: jointly refine the whole map and every keyframe pose (``mapping.final_iters``
+        steps by default).  Frame poses stored relative to keyframes follow."""
+        iters = self.config.mapping.final_iters if iterations is None else iterations
+        if not self.initialized:
+            return MappingStats()
+        return self.mapper.refine_all(self.keyframes, iters)
+
     # -------------------------------------------------------------- outputs
     def _store_pose(self, rec: _FrameRecord, pose: np.ndarray, state: TrackingState, reference: int | None) -> None:
         rec.state = state

@@ -209,6 +209,12 @@ def replay(
                 bar.set_postfix(state=res.state.value, kf=res.num_keyframes, gs=res.num_gaussians)
             bar.close()
             seconds = time.perf_counter() - t_start
+            t0 = time.perf_counter()
+            final = engine.finalize()
+            final_seconds = time.perf_counter() - t0
+            if final.iterations:
+                log.info("final refinement: %d joint steps over %d keyframes in %.1f s",
+                         final.iterations, len(engine.keyframes), final_seconds)
             skipped += [{"index": p.index, "reason": p.reason} for p in stream.skips]
 
             traj = engine.trajectory()
@@ -235,6 +241,8 @@ def replay(
                     "gaussians": engine.num_gaussians,
                     "seconds": seconds,
                     "fps": processed / seconds if seconds > 0 else 0.0,
+                    "final_refinement_seconds": final_seconds,
+                    "final_refinement_steps": final.iterations,
                     "final_render_seconds": render_seconds,
                     "counters": asdict(engine.counters),
                     "mean_seconds": {

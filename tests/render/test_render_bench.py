@@ -1,0 +1,44 @@
+"""``posegs bench render``: arguments, scenes and the report (no timing assertions)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from posegs_ros.tools import bench_render
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench_render.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_and_unknown_scene(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse()
+    assert (args.repeats, args.threads, args.scenes) == (10, 2, "a,b,blur,ed")
+    assert bench_render.run(parse("--scenes", "zz")) == 2
+    assert "unknown" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", list(bench_render.SCENES))
+def test_scenes_follow_the_standard(name: str) -> None:
+    scene = bench_render.make_scene(name)
+    _, n, width, height, focal, n_cams, mode = bench_render.SCENES[name]
+    means = scene["means"]
+    assert means.shape == (n, 3) and scene["viewmats"].shape == (n_cams, 4, 4)
+    assert means[:, 2].min() >= 1.0 and means[:, 2].max() <= 5.0
+    assert (means[:, 0].abs() <= 0.5 * width / focal * means[:, 2] + 1e-6).all()  # inside the frustum
+    assert scene["scales"].min() >= 0.01 and scene["scales"].max() <= 0.03
+    assert torch.all(scene["opacities"] == 0.5)
+    assert scene["render_mode"] == mode
+
+
+def test_report_lists_ratios() -> None:
+    def result(impl: str, ms: float) -> bench_render.Result:
+        return bench_render.Result("a", impl, 2, 3, 100.0, ms / 3, ms, 400.0, 123)
+
+    text = bench_render._table([result("cpu", 40.0), result("reference", 800.0)], [], 2)
+    assert "2 thread(s)" in text and "forward+backward  20.0x" in text
