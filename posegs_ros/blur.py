@@ -25,6 +25,7 @@ __all__ = [
     "RenderOutput",
     "render_views",
     "render_exposure",
+    "move_groups",
     "ssim",
     "photometric_loss",
 ]
@@ -115,7 +116,7 @@ def render_views(scene: SceneTensors, cam_to_world: Tensor, k: Tensor, settings:
     return RenderOutput(rgb=colors[..., :3], depth=colors[..., 3:4], alpha=alphas)
 
 
-def _move_groups(scene: SceneTensors, group_transforms: dict[int, Tensor]) -> SceneTensors:
+def move_groups(scene: SceneTensors, group_transforms: dict[int, Tensor]) -> SceneTensors:
     """The scene with every dynamic group's Gaussians moved by its ``[4, 4]`` object-to-map transform."""
     if not group_transforms or scene.group_ids is None:
         return scene
@@ -155,7 +156,7 @@ def render_exposure(
     else:
         outs = []
         for i, s in enumerate(offsets):
-            moved = _move_groups(scene, {g: exposure_poses(m, e, s[None])[0] for g, (m, e) in groups.items()})
+            moved = move_groups(scene, {g: exposure_poses(m, e, s[None])[0] for g, (m, e) in groups.items()})
             outs.append(render_views(moved, cams[i : i + 1], k, settings))
         out = RenderOutput(*(torch.cat([getattr(o, f) for o in outs], 0) for f in ("rgb", "depth", "alpha")))
     return out.rgb.mean(0), out

@@ -69,7 +69,7 @@ class InitConfig:
     max_frames: int = _f(30, "frames to wait for parallax before re-selecting the first init frame")
     baseline: float = _f(0.1, "length given to the first baseline (map units): fixes the arbitrary monocular scale")
     seed_points: int = _f(8000, "Gaussians seeded from triangulated + interpolated depth")
-    mapping_rounds: int = _f(4, "mapping rounds (three stages each) on the two initial keyframes")
+    mapping_rounds: int = _f(2, "mapping rounds (three stages each) on the two initial keyframes")
 
 
 @dataclass
@@ -96,8 +96,8 @@ class KeyframeConfig:
     """When a frame becomes a keyframe, and the sliding window."""
 
     window_size: int = _f(6, "keyframes optimized together by mapping")
-    min_overlap: float = _f(0.85, "new keyframe when the fraction of pixels covered by the map drops below this")
-    max_flow_px: float = _f(12.0, "new keyframe when the median flow since the last keyframe exceeds this")
+    min_overlap: float = _f(0.95, "new keyframe when the fraction of pixels covered by the map drops below this")
+    max_parallax_px: float = _f(8.0, "new keyframe when the median translational parallax since the last keyframe exceeds this (pixels)")
     max_interval_s: float = _f(1.0, "new keyframe at least this often (seconds)")
     replay_every: int = _f(3, "every n-th mapping round also optimizes one random frozen keyframe")
 
@@ -123,7 +123,9 @@ class MappingConfig:
     prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
     prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
     max_gaussians: int = _f(60000, "cap on the number of Gaussians (memory bound)")
-    final_iters: int = _f(0, "offline only (posegs replay): joint steps over all keyframes after the last frame")
+    final_iters: int = _f(300, "offline only (posegs replay): joint steps over every tracked frame after the last one")
+    final_lr_factor: float = _f(0.02, "offline only: position and pose learning rates decay to this factor over the final refinement")
+    final_max_views: int = _f(400, "offline only: at most this many frames (evenly spaced) join the final refinement")
     optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
 
 
@@ -141,10 +143,11 @@ class DynamicConfig:
     """Moving objects as motion groups with their own SE(3) per frame."""
 
     enabled: bool = _f(False, "detect moving objects and give them their own motion groups")
-    flow_threshold_px: float = _f(2.0, "flow disagreement with the camera-induced flow marking a pixel dynamic")
+    flow_threshold_px: float = _f(1.5, "flow disagreement with the camera-induced flow marking a pixel dynamic (pixels)")
     min_region_px: int = _f(150, "smallest connected region that spawns or extends a motion group")
     persistence: int = _f(2, "frames a region must persist before it becomes a group")
-    merge_motion: float = _f(0.005, "groups moving less than this per frame (map units) merge back")
+    merge_motion: float = _f(0.005, "groups moving less than this per frame (translation / scene depth + radians) merge back")
+    merge_frames: int = _f(5, "frames a group must stay below merge_motion before it merges back")
     max_groups: int = _f(4, "cap on simultaneous motion groups")
 
 

@@ -292,7 +292,8 @@ def write_ply(path: str | Path, state: Mapping[str, Tensor]) -> Path:
     n = means.shape[0]
     sh0 = state["sh0"].detach().cpu().float().numpy().reshape(n, 3)
     # f_rest is stored channel-major: all coefficients of R, then G, then B
-    sh_rest = state["shN"].detach().cpu().float().numpy().transpose(0, 2, 1).reshape(n, -1)
+    shn = state["shN"].detach().cpu().float().numpy()
+    sh_rest = shn.transpose(0, 2, 1).reshape(n, 3 * shn.shape[1])
     columns: list[tuple[str, str, np.ndarray]] = []
     for i, axis in enumerate("xyz"):
         columns.append((axis, "<f4", means[:, i]))

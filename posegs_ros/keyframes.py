@@ -32,14 +32,21 @@ class Keyframe:
     twist_u: Tensor  # [6] float64 exposure twist in units of ``unit`` (optimized directly)
     fixed: bool = False  # gauge keyframe: its pose is never optimized
     dynamic_mask: Tensor | None = None  # [H, W] bool, pixels of moving objects
-    group_poses: dict[int, Tensor] = field(default_factory=dict)  # group -> [4, 4] object-to-map
-    group_twists: dict[int, Tensor] = field(default_factory=dict)  # group -> [6]
+    group_poses: dict[int, Tensor] = field(default_factory=dict)  # group -> [4, 4] M_g: group frame -> map
+    group_twists: dict[int, Tensor] = field(default_factory=dict)  # group -> [6] exposure twist (group frame)
+    group_deltas: dict[int, Tensor] = field(default_factory=dict)  # group -> [6] pending correction
     delta: Tensor = field(default_factory=lambda: torch.zeros(6, dtype=torch.float64))  # [6] pending correction
     unit: Tensor = field(default_factory=lambda: torch.ones(6, dtype=torch.float64))  # [6] units of delta
 
     def current_pose(self) -> Tensor:
         """``pose @ exp(delta * unit)`` ``[4, 4]`` (differentiable in ``delta``)."""
         return self.pose @ se3_exp(self.delta * self.unit)
+
+    def current_group_pose(self, group: int) -> Tensor:
+        """``M_g @ exp(delta_g * unit)`` ``[4, 4]`` (differentiable in the group's correction)."""
+        delta = self.group_deltas.get(group)
+        pose = self.group_poses[group]
+        return pose if delta is None else pose @ se3_exp(delta * self.unit)
 
     def twist(self) -> Tensor:
         """Exposure twist ``[6]`` in map units (differentiable in ``twist_u``)."""
@@ -53,6 +60,14 @@ class Keyframe:
                 self.pose = new_pose
         self.delta = torch.zeros(6, dtype=torch.float64)
         self.twist_u = self.twist_u.detach()
+        with torch.no_grad():
+            for g in list(self.group_deltas):
+                if g in self.group_poses:
+                    new = self.current_group_pose(g).detach()
+                    if torch.isfinite(new).all():
+                        self.group_poses[g] = new
+            self.group_twists = {g: t.detach() for g, t in self.group_twists.items()}
+        self.group_deltas = {}
 
     def numpy_pose(self) -> np.ndarray:
         return self.pose.detach().cpu().numpy().astype(np.float64)
@@ -61,16 +76,16 @@ class Keyframe:
 @dataclass(frozen=True)
 class KeyframeDecision:
     is_keyframe: bool
-    reason: str  # "coverage", "flow", "time" or "" when not a keyframe
+    reason: str  # "coverage", "parallax", "time" or "" when not a keyframe
 
 
-def decide_keyframe(coverage: float, median_flow_px: float, seconds_since_keyframe: float, cfg: KeyframeConfig) -> KeyframeDecision:
+def decide_keyframe(coverage: float, parallax_px: float, seconds_since_keyframe: float, cfg: KeyframeConfig) -> KeyframeDecision:
     """A frame becomes a keyframe when the map covers too little of it, when it has moved far
-    from the last keyframe (median flow), or when the last keyframe is too old."""
+    from the last keyframe (median translational parallax), or when the last keyframe is too old."""
     if coverage < cfg.min_overlap:
         return KeyframeDecision(True, "coverage")
-    if median_flow_px > cfg.max_flow_px:
-        return KeyframeDecision(True, "flow")
+    if parallax_px > cfg.max_parallax_px:
+        return KeyframeDecision(True, "parallax")
     if seconds_since_keyframe > cfg.max_interval_s:
         return KeyframeDecision(True, "time")
     return KeyframeDecision(False, "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -125,13 +126,21 @@ class Mapper:
     def _render_keyframe(self, kf: Keyframe, scene: SceneTensors, pose_grad: bool) -> tuple[Tensor, RenderOutput]:
         pose = kf.current_pose() if pose_grad else kf.current_pose().detach()
         twist = kf.twist() if pose_grad else kf.twist().detach()
-        if not self.cfg.blur.enabled:
+        blur_on = self.cfg.blur.enabled
+        if not blur_on:
             twist = torch.zeros_like(twist)
-        groups = {g: (m, kf.group_twists.get(g, torch.zeros(6, dtype=m.dtype))) for g, m in kf.group_poses.items()}
+        groups = {}
+        for g in kf.group_poses:
+            m = kf.current_group_pose(g)
+            e = kf.group_twists.get(g, torch.zeros(6, dtype=torch.float64))
+            if not blur_on:
+                e = torch.zeros_like(e)
+            groups[g] = (m, e) if pose_grad else (m.detach(), e.detach())
         k = kf.intrinsics.matrix(torch.float64)
         return render_exposure(scene, pose, twist, k, self.render_settings(kf), self.subframes(), groups or None)
 
     def _pose_optimizer(self, keyframes: list[Keyframe]) -> torch.optim.Adam | None:
+        """Adam over the pose corrections, exposure twists and motion-group poses / twists."""
         params = []
         m = self.cfg.mapping
         for kf in keyframes:
@@ -142,6 +151,12 @@ class Mapper:
             if self.cfg.blur.enabled:
                 kf.twist_u = kf.twist_u.detach().clone().requires_grad_(True)
                 params.append({"params": [kf.twist_u], "lr": m.lr_exposure})
+            for g in kf.group_poses:
+                kf.group_deltas[g] = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+                params.append({"params": [kf.group_deltas[g]], "lr": m.lr_pose})
+                if self.cfg.blur.enabled and g in kf.group_twists:
+                    kf.group_twists[g] = kf.group_twists[g].detach().clone().requires_grad_(True)
+                    params.append({"params": [kf.group_twists[g]], "lr": m.lr_exposure})
         return torch.optim.Adam(params) if params else None
 
     def optimize(
@@ -168,13 +183,23 @@ class Mapper:
         pose_frames = [kf for kf in window if not kf.fixed] if poses else []
         return self._run(schedule, frames, pose_frames, newest, fallback_depth, stats)
 
-    def refine_all(self, keyframes: list[Keyframe], iterations: int) -> MappingStats:
-        """Offline final refinement: joint steps over all keyframes (Gaussians, and poses unless
-        ``mapping.optimize_poses`` is off), no densification."""
-        if len(self.gmap) == 0 or not keyframes or iterations <= 0:
-            return MappingStats()
-        pose_frames = [kf for kf in keyframes if not kf.fixed] if self.cfg.mapping.optimize_poses else []
-        return self._run([("joint", iterations)], list(keyframes), pose_frames, None, None, MappingStats())
+    def refine_all(self, views: list[Keyframe], iterations: int) -> MappingStats:
+        """Offline final refinement over ``views`` (keyframes and, in replay, every tracked frame).
+
+        Each view is first densified where the map leaves it transparent, then ``iterations``
+        joint steps (Gaussians, and poses + exposure twists unless ``mapping.optimize_poses`` is
+        off) visit the views in shuffled rounds so each is seen equally often.
+        """
+        stats = MappingStats()
+        if len(self.gmap) == 0 or not views or iterations <= 0:
+            return stats
+        for view in views:
+            stats.added += self.densify(view)
+        pose_frames = [kf for kf in views if not kf.fixed] if self.cfg.mapping.optimize_poses else []
+        order = np.concatenate([self.rng.permutation(len(views)) for _ in range(iterations // len(views) + 1)])
+        visits = iter(order[:iterations].tolist())
+        return self._run([("joint", iterations)], list(views), pose_frames, None, None, stats,
+                         pick=lambda: views[next(visits)], final_lr_factor=self.cfg.mapping.final_lr_factor)
 
     def _run(
         self,
@@ -184,17 +209,30 @@ class Mapper:
         newest: Keyframe | None,
         fallback_depth: np.ndarray | None,
         stats: MappingStats,
+        pick: Callable[[], Keyframe] | None = None,
+        final_lr_factor: float = 1.0,
     ) -> MappingStats:
+        """Run ``schedule`` [(stage, steps)]; learning rates of positions and poses decay
+        exponentially to ``final_lr_factor`` times their value over the run (1 = constant)."""
         pose_opt = self._pose_optimizer(pose_frames) if pose_frames else None
+        decaying = [g for opt in ([pose_opt] if pose_opt else []) + [self.gmap.optimizers.get("means")] if opt
+                    for g in opt.param_groups]
+        base_lrs = [g["lr"] for g in decaying]
+        total = max(sum(n for _, n in schedule), 1)
+        step_index = 0
         for stage, iters in schedule:
             gaussians = stage in ("gaussians", "joint")
             for _ in range(iters):
+                factor = final_lr_factor ** (step_index / total)
+                step_index += 1
+                for g, lr in zip(decaying, base_lrs):
+                    g["lr"] = lr * factor
                 if stage == "poses":
                     if pose_opt is None:
                         break
                     kf = self._pick(pose_frames, newest if newest in pose_frames else None)
                 else:
-                    kf = self._pick(frames, newest)
+                    kf = pick() if pick is not None else self._pick(frames, newest)
                 pose = stage in ("poses", "joint") and pose_opt is not None and kf in pose_frames
                 loss = self._step(kf, gaussians, pose, pose_opt)
                 stats.iterations += 1
@@ -204,6 +242,8 @@ class Mapper:
                     stats.skipped_steps += 1
             if stage == "gaussians" and newest is not None:
                 stats.added += self.densify(newest, fallback_depth)
+        for g, lr in zip(decaying, base_lrs):
+            g["lr"] = lr
         for kf in pose_frames:
             kf.fold()
         stats.pruned += self.prune()

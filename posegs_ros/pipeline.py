@@ -26,14 +26,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .blur import RenderSettings
+from .blur import RenderSettings, SceneTensors, move_groups
 from .camera import Intrinsics
 from .config import PosegsConfig
 from .flow import DenseFlow
 from .gaussians import GaussianMap
 from .initialization import TwoViewResult, grid_samples, triangulate, try_two_view
-from .keyframes import Keyframe, add_to_window, choose_replay, decide_keyframe
+from .keyframes import Keyframe, KeyframeDecision, add_to_window, choose_replay, decide_keyframe
 from .mapping import Mapper, MappingStats, scene_tensors
+from .motion_groups import MotionGroups
 from .tracking import Tracker, TrackingResult, initial_twist, predict_constant_velocity, twist_units
 
 __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
@@ -124,6 +125,8 @@ class TrajectoryPoint:
     pose: np.ndarray  # [4, 4] camera-to-map
     state: TrackingState
     is_keyframe: bool
+    group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [4, 4] M_g at this frame
+    dynamic_mask: np.ndarray | None = None  # [H, W] bool, moving objects detected in this frame
 
 
 @dataclass
@@ -137,6 +140,10 @@ class _FrameRecord:
     absolute: np.ndarray | None = None  # [4, 4] frozen pose (after a re-initialization)
     is_keyframe: bool = False
     twist: np.ndarray = field(default_factory=lambda: np.zeros(6))
+    image: np.ndarray | None = field(default=None, repr=False)  # [H, W, 3] uint8, kept for finalize()
+    group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [4, 4] M_g at this frame
+    group_twists: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [6]
+    dynamic_mask: np.ndarray | None = field(default=None, repr=False)  # [H, W] bool
 
 
 @dataclass
@@ -148,13 +155,18 @@ class EngineCounters:
     reinitializations: int = 0
     skipped_mapping_steps: int = 0
     rejected_frames: int = 0
+    groups_spawned: int = 0
+    groups_merged: int = 0
 
 
 class Reconstructor:
     """Online monocular pose + 3DGS reconstruction with an exposure-blur model."""
 
-    def __init__(self, config: PosegsConfig | None = None) -> None:
+    def __init__(self, config: PosegsConfig | None = None, keep_frames: bool = False) -> None:
+        """``keep_frames``: remember every frame's image so :meth:`finalize` can refine over all
+        of them (offline replay); a live node leaves it off and memory stays bounded."""
         self.config = config or PosegsConfig()
+        self.keep_frames = keep_frames
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
         self.device = torch.device(self.config.render.device)
@@ -187,6 +199,7 @@ class Reconstructor:
         self._track_history: list[tuple[float, np.ndarray, np.ndarray]] = []  # (stamp, pose, twist)
         self._lost_run = 0
         self._intrinsics: Intrinsics | None = None
+        self.motion = MotionGroups(cfg, self.flow) if cfg.dynamic.enabled else None
 
     @property
     def num_gaussians(self) -> int:
@@ -234,9 +247,10 @@ class Reconstructor:
     def _result(self, frame: Frame, record: _FrameRecord, timings: StageTimings, inlier_ratio: float = 0.0) -> FrameResult:
         pose = record.online_pose.copy()
         render = None
+        groups = {g: m.copy() for g, m in record.group_poses.items()}
         if self.initialized and record.state is not TrackingState.INITIALIZING:
             intr = frame.intrinsics
-            render = lambda: self.render(pose, intr)  # noqa: E731 - deferred, rendered on demand
+            render = lambda: self.render(pose, intr, groups)  # noqa: E731 - deferred, rendered on demand
         return FrameResult(
             stamp=frame.stamp,
             index=frame.index,
@@ -248,6 +262,8 @@ class Reconstructor:
             timings=timings,
             exposure_twist=record.twist.copy(),
             inlier_ratio=inlier_ratio,
+            group_poses=groups,
+            dynamic_mask=record.dynamic_mask,
             _render=render,
         )
 
@@ -255,6 +271,7 @@ class Reconstructor:
     def _initialize_step(self, frame: Frame) -> FrameResult:
         timings = StageTimings()
         record = _FrameRecord(frame.index, frame.stamp, TrackingState.INITIALIZING, np.eye(4))
+        record.image = frame.image if self.keep_frames else None
         self._records.append(record)
         self._init_buffer.append((frame, len(self._records) - 1))
         if len(self._init_buffer) < 2:
@@ -344,8 +361,15 @@ class Reconstructor:
         s = self.mapper.scene_scale
         return RenderSettings(intrinsics.width, intrinsics.height, r.sh_degree, r.near_plane * s, r.far_plane * s, r.eps2d, r.background, r.backend)
 
-    def _track(self, frame: Frame, pose_pred: np.ndarray, twist_init: np.ndarray, refine: bool, exclude: np.ndarray | None = None) -> TrackingResult:
+    def _scene(self) -> SceneTensors:
+        """The map as rendered now: motion groups at their latest poses."""
         scene = scene_tensors(self.gmap, detach=True)
+        return self.motion.scene(scene) if self.motion is not None else scene
+
+    def _track(self, frame: Frame, pose_pred: np.ndarray, twist_init: np.ndarray, refine: bool, exclude: np.ndarray | None = None) -> TrackingResult:
+        scene = self._scene()
+        if exclude is None and self.motion is not None:
+            exclude = self.motion.exclusion_mask()
         return self.tracker.track(
             frame.image, self._image_tensor(frame), frame.intrinsics, pose_pred, twist_init, scene,
             self._settings(frame.intrinsics), exclude=exclude, refine=refine, scene_scale=self.mapper.scene_scale,
@@ -376,7 +400,10 @@ class Reconstructor:
         else:
             self._lost_run = 0
         record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy())
+        record.image = frame.image if self.keep_frames else None
         self._records.append(record)
+        if self.motion is not None and state is not TrackingState.LOST:
+            self._observe_motion(frame, res, record)
         if state is TrackingState.LOST:
             log.warning("frame %d: tracking lost (%s)", frame.index, res.reason)
             self._store_pose(record, res.pose, state, self._nearest_keyframe(frame.stamp))
@@ -386,7 +413,7 @@ class Reconstructor:
         decision = self._keyframe_decision(frame, res)
         if decision.is_keyframe:
             t0 = time.perf_counter()
-            kf_id = self._add_keyframe(frame, res)
+            kf_id = self._add_keyframe(frame, res, record)
             timings.mapping = time.perf_counter() - t0
             record.is_keyframe = True
             pose = self.keyframes[kf_id].numpy_pose()
@@ -400,16 +427,44 @@ class Reconstructor:
         self._track_history = self._track_history[-3:]
         return self._result(frame, record, timings, res.inlier_ratio)
 
-    def _keyframe_decision(self, frame: Frame, res: TrackingResult):  # noqa: ANN202
+    def _observe_motion(self, frame: Frame, res: TrackingResult, record: _FrameRecord) -> None:
+        """Detect / move / spawn / merge motion groups with the tracked frame."""
+        assert self.motion is not None
+        t0 = time.perf_counter()
+        obs = self.motion.observe(
+            frame.image, res.pose, res.render.depth[0, ..., 0].numpy(), res.render.alpha[0, ..., 0].numpy(),
+            frame.intrinsics, self.gmap, self.mapper.scene_scale, self.config.blur.exposure_ratio,
+        )
+        record.group_poses, record.group_twists, record.dynamic_mask = obs.poses, obs.twists, obs.mask
+        self.counters.groups_spawned += len(obs.spawned)
+        self.counters.groups_merged += len(obs.merged)
+        for g in obs.merged:  # merged Gaussians are static now: forget the group everywhere
+            for kf in self.keyframes:
+                kf.group_poses.pop(g, None)
+                kf.group_twists.pop(g, None)
+            for rec in self._records:
+                rec.group_poses.pop(g, None)
+                rec.group_twists.pop(g, None)
+        log.debug("frame %d: motion handling %.3f s, groups %s", frame.index, time.perf_counter() - t0, sorted(obs.poses))
+
+    def _keyframe_decision(self, frame: Frame, res: TrackingResult) -> KeyframeDecision:
+        """Keyframe test on coverage, translational parallax since the last keyframe and time.
+
+        Parallax is measured with the current rotation for both positions, so camera shake
+        (rotation) does not spawn keyframes; new areas it reveals show up as low coverage.
+        """
         last = self.keyframes[self.window[-1]]
-        flow_px = 0.0
+        parallax_px = 0.0
         if len(res.points):
             k = frame.intrinsics.numpy()
-            def proj(pose: np.ndarray) -> np.ndarray:
-                x = (res.points - pose[:3, 3]) @ pose[:3, :3]
+            rot = res.pose[:3, :3]
+
+            def proj(position: np.ndarray) -> np.ndarray:
+                x = (res.points - position) @ rot
                 return (x[:, :2] / np.maximum(x[:, 2:3], 1e-9)) * [k[0, 0], k[1, 1]]
-            flow_px = float(np.median(np.linalg.norm(proj(res.pose) - proj(last.numpy_pose()), axis=1)))
-        return decide_keyframe(res.coverage, flow_px, frame.stamp - last.stamp, self.config.keyframes)
+
+            parallax_px = float(np.median(np.linalg.norm(proj(res.pose[:3, 3]) - proj(last.numpy_pose()[:3, 3]), axis=1)))
+        return decide_keyframe(res.coverage, parallax_px, frame.stamp - last.stamp, self.config.keyframes)
 
     def _relocalize(self, frame: Frame) -> TrackingResult | None:
         """Track from each window keyframe's pose (newest first); accept the first that holds."""
@@ -435,8 +490,13 @@ class Reconstructor:
         self._init_buffer = [(frame, len(self._records) - 1)]
 
     # -------------------------------------------------------------- mapping
-    def _make_keyframe(self, frame: Frame, pose: np.ndarray, twist: np.ndarray, fixed: bool = False) -> Keyframe:
+    def _make_keyframe(
+        self, frame: Frame, pose: np.ndarray, twist: np.ndarray, record: _FrameRecord | None = None, fixed: bool = False
+    ) -> Keyframe:
         unit = twist_units(self.mapper.scene_scale)
+        groups = record.group_poses if record is not None else {}
+        group_twists = record.group_twists if record is not None else {}
+        mask = record.dynamic_mask if record is not None else None
         return Keyframe(
             frame_index=frame.index,
             stamp=frame.stamp,
@@ -446,10 +506,13 @@ class Reconstructor:
             twist_u=torch.from_numpy(twist.copy()) / unit,
             fixed=fixed,
             unit=unit,
+            dynamic_mask=None if mask is None else torch.from_numpy(mask),
+            group_poses={g: torch.from_numpy(m.copy()) for g, m in groups.items()},
+            group_twists={g: torch.from_numpy(group_twists.get(g, np.zeros(6)).copy()) for g in groups},
         )
 
-    def _add_keyframe(self, frame: Frame, res: TrackingResult) -> int:
-        kf = self._make_keyframe(frame, res.pose, res.twist)
+    def _add_keyframe(self, frame: Frame, res: TrackingResult, record: _FrameRecord) -> int:
+        kf = self._make_keyframe(frame, res.pose, res.twist, record)
         previous = self.keyframes[self.window[-1]]
         self.keyframes.append(kf)
         kf_id = len(self.keyframes) - 1
@@ -493,12 +556,39 @@ class Reconstructor:
         return depth
 
     def finalize(self, iterations: int | None = None) -> MappingStats:
-        """Offline: jointly refine the whole map and every keyframe pose (``mapping.final_iters``
-        steps by default).  Frame poses stored relative to keyframes follow."""
+        """Offline: jointly refine the map, poses and exposure twists over every tracked frame.
+
+        Uses the frames kept with ``keep_frames=True`` (else only the keyframes), at most
+        ``mapping.final_max_views`` of them, for ``mapping.final_iters`` steps by default.
+        Deblurring benchmarks evaluate the deblurred training views this way.
+        """
         iters = self.config.mapping.final_iters if iterations is None else iterations
-        if not self.initialized:
+        if not self.initialized or iters <= 0:
             return MappingStats()
-        return self.mapper.refine_all(self.keyframes, iters)
+        by_frame = {kf.frame_index: kf for kf in self.keyframes}
+        views: list[tuple[_FrameRecord | None, Keyframe]] = []
+        for rec in self._records:
+            if rec.state in (TrackingState.INITIALIZING, TrackingState.LOST):
+                continue
+            kf = by_frame.get(rec.index) if rec.is_keyframe else None
+            if kf is not None:
+                views.append((None, kf))
+            elif rec.image is not None and self._intrinsics is not None:
+                view = self._make_keyframe(
+                    Frame(rec.image, rec.stamp, self._intrinsics, rec.index), self._final_pose(rec), rec.twist, rec
+                )
+                views.append((rec, view))
+        limit = max(self.config.mapping.final_max_views, 2)
+        if len(views) > limit:
+            keep = np.unique(np.linspace(0, len(views) - 1, limit).round().astype(int))
+            views = [views[i] for i in keep]
+        stats = self.mapper.refine_all([v for _, v in views], iters)
+        for rec, view in views:
+            if rec is not None:  # a non-keyframe view: its own refined pose from now on
+                rec.absolute, rec.reference, rec.relative = view.numpy_pose(), None, None
+                rec.twist = view.twist().detach().numpy()
+                rec.group_poses = {g: m.detach().numpy().copy() for g, m in view.group_poses.items()}
+        return stats
 
     # -------------------------------------------------------------- outputs
     def _store_pose(self, rec: _FrameRecord, pose: np.ndarray, state: TrackingState, reference: int | None) -> None:
@@ -523,11 +613,19 @@ class Reconstructor:
             return rec.absolute.copy()
         return rec.online_pose.copy()
 
+    def _final_group_poses(self, rec: _FrameRecord) -> dict[int, np.ndarray]:
+        """Group poses of a frame; a keyframe's refined ones when the frame is a keyframe."""
+        if rec.is_keyframe and rec.reference is not None:
+            kf = self.keyframes[rec.reference]
+            return {g: m.detach().numpy().copy() for g, m in kf.group_poses.items()}
+        return {g: m.copy() for g, m in rec.group_poses.items()}
+
     def trajectory(self) -> list[TrajectoryPoint]:
         """Latest pose estimate of every frame that has one (keyframe-relative poses follow
         their keyframe's refinement; frames that never got a pose are left out)."""
         return [
-            TrajectoryPoint(rec.index, rec.stamp, self._final_pose(rec), rec.state, rec.is_keyframe)
+            TrajectoryPoint(rec.index, rec.stamp, self._final_pose(rec), rec.state, rec.is_keyframe,
+                            self._final_group_poses(rec), rec.dynamic_mask)
             for rec in self._records
             if rec.state is not TrackingState.INITIALIZING
         ]
@@ -535,17 +633,26 @@ class Reconstructor:
     def online_trajectory(self) -> list[TrajectoryPoint]:
         """Poses exactly as :meth:`process` returned them (what a live system published)."""
         return [
-            TrajectoryPoint(rec.index, rec.stamp, rec.online_pose.copy(), rec.state, rec.is_keyframe)
+            TrajectoryPoint(rec.index, rec.stamp, rec.online_pose.copy(), rec.state, rec.is_keyframe,
+                            dict(rec.group_poses), rec.dynamic_mask)
             for rec in self._records
             if rec.state is not TrackingState.INITIALIZING
         ]
 
     @torch.no_grad()
-    def render(self, pose: np.ndarray, intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
-        """Sharp render of the map: RGB ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (NaN = empty)."""
+    def render(
+        self, pose: np.ndarray, intrinsics: Intrinsics, group_poses: dict[int, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sharp render of the map: RGB ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (NaN = empty).
+
+        ``group_poses``: where each motion group is (group -> ``[4, 4]``); groups not given stay
+        in their own frame.
+        """
         from .blur import render_views
 
         scene = scene_tensors(self.gmap, detach=True)
+        if group_poses:
+            scene = move_groups(scene, {g: torch.from_numpy(m) for g, m in group_poses.items()})
         out = render_views(scene, torch.from_numpy(pose)[None], intrinsics.matrix(torch.float64), self._settings(intrinsics))
         rgb = (out.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         depth = out.depth[0, ..., 0].cpu().numpy().astype(np.float32)

@@ -66,8 +66,8 @@ class TrackingResult:
     median_error_px: float
     coverage: float  # fraction of pixels the map covers (alpha > COVERED_ALPHA) at the prediction
     points: np.ndarray  # [M, 3] map points used (for keyframe parallax checks)
-    flow: np.ndarray  # [H, W, 2] flow render -> observation
-    render: RenderOutput  # sharp render at the prediction
+    flow: np.ndarray  # [H, W, 2] flow render -> observation (last pass)
+    render: RenderOutput  # sharp render of the last pass (at the pose the last Gauss-Newton started from)
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
 
@@ -136,7 +136,7 @@ class Tracker:
                 break
             pose_pass = solved.pose
         assert first is not None
-        out, coverage, flow = first
+        _, coverage, _ = first  # coverage at the prediction: what the map explains before tracking
         t0 = time.perf_counter()
         lost = (
             solved is None

@@ -32,3 +32,8 @@ def small_sequence():
 @pytest.fixture
 def fast_config() -> PosegsConfig:
     return apply_flat(PosegsConfig(), FAST_ENGINE)
+
+
+@pytest.fixture(scope="module")
+def fast_config_module() -> PosegsConfig:
+    return apply_flat(PosegsConfig(), FAST_ENGINE)

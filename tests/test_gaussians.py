@@ -108,6 +108,11 @@ def test_ply_f_rest_is_channel_major(tmp_path: Path) -> None:
     assert f_rest.tolist() == [0, 3, 6, 1, 4, 7, 2, 5, 8]  # R coefficients, then G, then B
 
 
+def test_empty_map_round_trips(tmp_path: Path) -> None:
+    back = GaussianMap.from_ply(GaussianMap(sh_degree=1).save_ply(tmp_path / "empty.ply"))
+    assert len(back) == 0 and back.sh_degree == 1
+
+
 def test_read_ply_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.ply"
     bad.write_bytes(b"not a ply")

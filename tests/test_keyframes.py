@@ -13,9 +13,9 @@ from posegs_ros.keyframes import Keyframe, add_to_window, choose_replay, decide_
 
 
 def test_decision_reasons() -> None:
-    cfg = KeyframeConfig(min_overlap=0.8, max_flow_px=10.0, max_interval_s=1.0)
+    cfg = KeyframeConfig(min_overlap=0.8, max_parallax_px=10.0, max_interval_s=1.0)
     assert decide_keyframe(0.5, 0.0, 0.0, cfg).reason == "coverage"
-    assert decide_keyframe(0.95, 12.0, 0.0, cfg).reason == "flow"
+    assert decide_keyframe(0.95, 12.0, 0.0, cfg).reason == "parallax"
     assert decide_keyframe(0.95, 2.0, 1.5, cfg).reason == "time"
     assert not decide_keyframe(0.95, 2.0, 0.5, cfg).is_keyframe
 

@@ -9,6 +9,8 @@ import sys
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "render": ("posegs_ros.tools.bench_render", "CPU rasterizer vs its PyTorch reference: ms and peak RSS"),
     "pipeline": ("posegs_ros.tools.bench_pipeline", "reconstruction pipeline: frames/s, per-stage time, peak RSS"),
+    "dynamic": ("posegs_ros.tools.bench_dynamic", "moving objects: motion groups on vs off (ATE, PSNR in object mask, IoU)"),
+    "quality": ("posegs_ros.tools.bench_quality", "ablation table: full method vs blur off vs two-step, and a sharp sequence"),
 }
 
 

@@ -322,6 +322,18 @@ def evaluate_masks(
                        mean_psnr(valid_psnr) if valid_psnr else None)
 
 
+def masked_psnr(gt_masks: str | Path, gt_images: str | Path, est_images: str | Path) -> tuple[list[float], float | None]:
+    """PSNR of ``est_images`` vs ``gt_images`` inside each same-named GT mask (frames with an
+    empty mask are skipped); returns (per-frame values, capped mean or None)."""
+    masks, gts, ests = _image_files(Path(gt_masks)), _image_files(Path(gt_images)), _image_files(Path(est_images))
+    values = []
+    for name in sorted(set(masks) & set(gts) & set(ests)):
+        mask = _read_mask(masks[name])
+        if mask.any():
+            values.append(psnr(_read_rgb(gts[name]), _read_rgb(ests[name]), mask))
+    return values, (mean_psnr(values) if values else None)
+
+
 def evaluate(
     gt_tum: str | Path | None = None,
     est_tum: str | Path | None = None,

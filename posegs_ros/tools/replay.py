@@ -178,7 +178,7 @@ def replay(
 
         staging = _prepare_out(out, force)
         try:
-            engine = Reconstructor(cfg)
+            engine = Reconstructor(cfg, keep_frames=True)
             undistort = Undistorter()
             frames_meta: list[FrameMetrics] = []
             skipped: list[dict[str, Any]] = []
@@ -223,8 +223,11 @@ def replay(
             write_tum(staging / "trajectory_online.tum", np.array([p.stamp for p in online]), np.array([p.pose for p in online]).reshape(-1, 4, 4))
             t0 = time.perf_counter()
             for point in traj:
-                rgb, _ = engine.render(point.pose, intrinsics_by_index[point.index])
+                rgb, _ = engine.render(point.pose, intrinsics_by_index[point.index], point.group_poses)
                 atomic_write_image(staging / "deblurred" / f"{point.index:04d}.png", rgb)
+                if cfg.dynamic.enabled:
+                    mask = point.dynamic_mask if point.dynamic_mask is not None else np.zeros(rgb.shape[:2], bool)
+                    atomic_write_image(staging / "masks" / f"{point.index:04d}.png", mask.astype(np.uint8) * 255)
             render_seconds = time.perf_counter() - t0
             engine.save_map(staging / "map.ply")
 

@@ -1,0 +1,289 @@
+"""Moving objects as motion groups: detection, spawning, per-frame SE(3), merging (UPGS's per-primitive SE(3)).
+
+Every Gaussian carries a group id (0 = static map).  The Gaussians of group ``g > 0`` are stored in
+the group's own frame (the map frame at the moment the group was spawned) and rendered at
+``M_g,k @ x`` for keyframe / frame ``k`` (and ``M_g,k @ exp(s e_g,k)`` along the exposure).
+
+Per tracked frame (after the camera pose is solved):
+
+1. frame-to-frame flow ``prev -> curr`` is compared with the flow the camera motion alone would
+   cause through the rendered depth (:func:`posegs_ros.dynamic.flow_disagreement`);
+2. candidate pixels persist as regions (:class:`posegs_ros.dynamic.MotionSegmenter`);
+3. a confirmed region without a group spawns one: Gaussians lifted from the previous frame with a
+   depth filled from the region's surroundings (monocular: the only depth available for a
+   new moving object), static Gaussians in front of the background inside the region (the object
+   mapped as static before it was detected) are removed;
+4. each group's motion since the previous frame is solved from the region's flow
+   (:func:`posegs_ros.dynamic.motion_from_region_flow`); a group that stops moving merges back
+   into the static map.
+
+Tracking of the camera excludes the groups' pixels (:meth:`MotionGroups.exclusion_mask`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from .blur import SceneTensors, move_groups
+from .camera import Intrinsics
+from .config import PosegsConfig
+from .dynamic import (
+    GroupMotionHistory,
+    MotionSegmenter,
+    camera_induced_flow,
+    flow_disagreement,
+    flow_target_inside,
+    motion_from_region_flow,
+    region_depth_fill,
+    texture_mask,
+    warp_mask,
+)
+from .flow import DenseFlow
+from .gaussians import GaussianMap
+from .geometry import se3_log
+
+__all__ = ["MotionGroup", "GroupObservation", "MotionGroups"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MotionGroup:
+    """One moving object."""
+
+    group_id: int
+    region_id: int  # the segmenter's region that feeds it
+    pose: np.ndarray  # [4, 4] M_g: group frame -> map, at the latest frame
+    step: np.ndarray = field(default_factory=lambda: np.eye(4))  # [4, 4] last per-frame motion (map frame)
+    twist: np.ndarray = field(default_factory=lambda: np.zeros(6))  # [6] exposure twist (group frame)
+    frames: int = 0
+
+
+@dataclass
+class GroupObservation:
+    """What motion handling found in one frame."""
+
+    mask: np.ndarray | None  # [H, W] bool: pixels of moving objects in the current frame
+    poses: dict[int, np.ndarray]  # group -> [4, 4] M_g at the current frame
+    twists: dict[int, np.ndarray]  # group -> [6]
+    spawned: list[int] = field(default_factory=list)
+    merged: list[int] = field(default_factory=list)
+
+
+class MotionGroups:
+    """Owns the dynamic-object state of one map."""
+
+    def __init__(self, cfg: PosegsConfig, flow: DenseFlow) -> None:
+        self.cfg = cfg
+        self.flow = flow
+        self.segmenter = MotionSegmenter(cfg.dynamic)
+        self.history = GroupMotionHistory(cfg.dynamic, frames=cfg.dynamic.merge_frames)
+        self.groups: dict[int, MotionGroup] = {}
+        self._next_id = 1
+        self._prev: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # image, pose, depth, alpha
+        self._last_flow: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- queries
+    def poses(self) -> dict[int, np.ndarray]:
+        return {g: grp.pose.copy() for g, grp in self.groups.items()}
+
+    def twists(self) -> dict[int, np.ndarray]:
+        return {g: grp.twist.copy() for g, grp in self.groups.items()}
+
+    def exclusion_mask(self) -> np.ndarray | None:
+        """Pixels tracking should ignore in the next frame ``[H, W]`` bool: the current
+        moving-object mask pushed along the last flow and dilated (None without objects)."""
+        if self._mask is None or not self._mask.any():
+            return None
+        predicted = warp_mask(self._mask, self._last_flow) | self._mask
+        return cv2.dilate(predicted.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+
+    def scene(self, scene: SceneTensors) -> SceneTensors:
+        """``scene`` with every group's Gaussians at its latest pose."""
+        return move_groups(scene, {g: torch.from_numpy(grp.pose) for g, grp in self.groups.items()})
+
+    # ------------------------------------------------------------------ update
+    def observe(
+        self,
+        image: np.ndarray,
+        pose: np.ndarray,
+        depth: np.ndarray,
+        alpha: np.ndarray,
+        intrinsics: Intrinsics,
+        gmap: GaussianMap,
+        scene_scale: float,
+        exposure_ratio: float,
+    ) -> GroupObservation:
+        """Update detection and groups with a tracked frame.
+
+        Args:
+            image: ``[H, W, 3]`` uint8 current frame.
+            pose: ``[4, 4]`` its solved camera-to-map pose.
+            depth: ``[H, W]`` rendered depth of the map (with groups) at ``pose``.
+            alpha: ``[H, W]`` rendered opacity at ``pose``.
+        """
+        obs = GroupObservation(None, {}, {})
+        prev, self._prev = self._prev, (image, pose, depth, alpha)
+        if prev is None:
+            return self._finish(obs)
+        image_prev, pose_prev, depth_prev, alpha_prev = prev
+        k = intrinsics.numpy()
+        flow = self.flow(image_prev, image)
+        predicted = camera_induced_flow(depth_prev, k, pose_prev, pose)
+        valid = flow_target_inside(predicted) & (alpha_prev > 0.7)
+        candidates = flow_disagreement(flow, predicted, self.cfg.dynamic.flow_threshold_px, valid=valid,
+                                       textured=texture_mask(image_prev))
+        regions = self.segmenter.update(candidates, self._last_flow)
+        self._last_flow = flow
+        confirmed = [r for r in regions if r.confirmed]
+        linked = {grp.region_id: grp for grp in self.groups.values()}
+        mask = np.zeros(image.shape[:2], bool)
+        for region in confirmed:
+            grp = linked.get(region.id)
+            if grp is None:
+                if len(self.groups) >= self.cfg.dynamic.max_groups:
+                    continue
+                grp = self._spawn(region.mask, image_prev, pose_prev, depth_prev, intrinsics, gmap)
+                if grp is None:
+                    continue
+                grp.region_id = region.id
+                obs.spawned.append(grp.group_id)
+            self._move(grp, region.mask, depth_prev, flow, k, pose_prev, pose, scene_scale, exposure_ratio)
+            mask |= warp_mask(region.mask, flow)
+        # groups whose region vanished keep moving at constant velocity for the segmenter's grace
+        live = {r.id for r in regions}
+        for g, grp in list(self.groups.items()):
+            if grp.region_id not in live:
+                self._merge(g, gmap, reason="its region disappeared")
+                obs.merged.append(g)
+            elif self.history.should_merge(g, scene_scale):
+                self._merge(g, gmap, reason="it stopped moving")
+                self.segmenter.drop(grp.region_id)
+                obs.merged.append(g)
+        obs.mask = mask if mask.any() else None
+        return self._finish(obs)
+
+    def _finish(self, obs: GroupObservation) -> GroupObservation:
+        obs.poses, obs.twists = self.poses(), self.twists()
+        self._mask = obs.mask
+        return obs
+
+    @torch.no_grad()
+    def _spawn(
+        self,
+        region: np.ndarray,
+        image: np.ndarray,
+        pose: np.ndarray,
+        depth: np.ndarray,
+        intrinsics: Intrinsics,
+        gmap: GaussianMap,
+    ) -> MotionGroup | None:
+        """New group from a region of the previous frame (group frame = map frame at that time)."""
+        # depth: what the map renders there (the object, if it was mapped before it moved; else
+        # the background), unknown pixels filled from the region's surroundings
+        try:
+            filled = region_depth_fill(depth, region, only_unknown=True)
+        except ValueError:
+            return None
+        k = intrinsics.numpy()
+        ys, xs = np.nonzero(region)
+        if len(xs) < self.cfg.dynamic.min_region_px:
+            return None
+        stride = 2
+        keep = (ys % stride == 0) & (xs % stride == 0)
+        ys, xs = ys[keep], xs[keep]
+        z = filled[ys, xs].astype(np.float64)
+        cam = np.stack([(xs - k[0, 2]) / k[0, 0] * z, (ys - k[1, 2]) / k[1, 1] * z, z], 1)
+        world = cam @ pose[:3, :3].T + pose[:3, 3]
+        ring = region_depth_fill(np.where(region, np.nan, depth), region)[region]
+        self._remove_static_inside(region, float(np.median(ring)), pose, k, gmap)
+        g = self._next_id
+        self._next_id += 1
+        rgb = torch.from_numpy(image[ys, xs].astype(np.float32) / 255.0)
+        scale = torch.from_numpy(z / k[0, 0] * stride * 0.5).float()
+        added = gmap.add(torch.from_numpy(world).float(), rgb, scale, opacities=0.8, group_ids=g)
+        if added == 0:
+            return None
+        grp = MotionGroup(group_id=g, region_id=-1, pose=np.eye(4))
+        self.groups[g] = grp
+        log.info("motion group %d spawned: %d Gaussians at depth %.2f", g, added, float(np.median(z)))
+        return grp
+
+    @torch.no_grad()
+    def _remove_static_inside(self, region: np.ndarray, background_depth: float, pose: np.ndarray,
+                              k: np.ndarray, gmap: GaussianMap) -> None:
+        """Drop static Gaussians that project into ``region`` in front of its background: the
+        object mapped as static before it was detected (they would stay behind as a ghost)."""
+        if len(gmap) == 0:
+            return
+        means = gmap.means.detach().double().numpy()
+        x = (means - pose[:3, 3]) @ pose[:3, :3]
+        z = x[:, 2]
+        ok = z > 1e-6
+        u = np.full(len(z), -1)
+        v = np.full(len(z), -1)
+        u[ok] = np.round(k[0, 0] * x[ok, 0] / z[ok] + k[0, 2]).astype(int)
+        v[ok] = np.round(k[1, 1] * x[ok, 1] / z[ok] + k[1, 2]).astype(int)
+        h, w = region.shape
+        inside = ok & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+        hit = np.zeros(len(z), bool)
+        hit[inside] = region[v[inside], u[inside]]
+        static = gmap.group_ids.numpy() == 0
+        remove = hit & static & (z < 0.9 * background_depth)
+        if remove.any():
+            gmap.remove(torch.from_numpy(remove))
+
+    def _move(self, grp: MotionGroup, region: np.ndarray, depth_prev: np.ndarray, flow: np.ndarray,
+              k: np.ndarray, pose_prev: np.ndarray, pose: np.ndarray, scene_scale: float, exposure_ratio: float) -> None:
+        depth = depth_prev
+        if not np.isfinite(depth[region]).any():
+            try:
+                depth = region_depth_fill(depth_prev, region)
+            except ValueError:
+                depth = None
+        result = None
+        if depth is not None:
+            result = motion_from_region_flow(depth, region, flow, k, pose_prev, pose, init=grp.step)
+        if result is not None and result.ok and result.inlier_ratio > 0.5:
+            step = result.motion
+            self.history.add(grp.group_id, step, result.centroid)
+        else:
+            step = grp.step  # constant velocity
+        grp.step = step
+        new_pose = step @ grp.pose
+        rel = np.linalg.inv(grp.pose) @ new_pose  # motion in the group frame
+        grp.twist = se3_log(torch.from_numpy(rel)).numpy() * exposure_ratio
+        grp.pose = new_pose
+        grp.frames += 1
+
+    @torch.no_grad()
+    def _merge(self, g: int, gmap: GaussianMap, reason: str) -> None:
+        """Bake group ``g`` at its current pose into the static map."""
+        grp = self.groups.pop(g)
+        self.history.drop(g)
+        sel = gmap.group_ids == g
+        if bool(sel.any()):
+            m = torch.from_numpy(grp.pose).to(gmap.means.dtype)
+            moved = move_groups(
+                SceneTensors(gmap.means.detach(), gmap.quats.detach(), gmap.log_scales.detach(),
+                             gmap.opacity_logits.detach(), gmap.params["sh0"].detach(), gmap.group_ids),
+                {g: m},
+            )
+            gmap.params["means"].data.copy_(moved.means)
+            gmap.params["quats"].data.copy_(moved.quats)
+            gmap.group_ids[sel] = 0
+        log.info("motion group %d merged into the static map (%s)", g, reason)
+
+    def reset(self) -> None:
+        self.segmenter.reset()
+        self.groups.clear()
+        self.history = GroupMotionHistory(self.cfg.dynamic, frames=self.cfg.dynamic.merge_frames)
+        self._prev = None
+        self._last_flow = None
+        self._mask = None

@@ -1,0 +1,109 @@
+"""The Reconstructor end to end on a small synthetic sequence: initialization, tracking,
+keyframes, outputs, bad input, determinism."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from posegs_ros.camera import Intrinsics
+from posegs_ros.gaussians import read_ply
+from posegs_ros.pipeline import Frame, FrameError, Reconstructor, TrackingState
+
+
+def run(seq, cfg, frames=None):
+    engine = Reconstructor(cfg)
+    results = [engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index)) for f in (frames or seq.frames)]
+    return engine, results
+
+
+@pytest.fixture(scope="module")
+def reconstruction(small_sequence, fast_config_module):
+    return (*run(small_sequence, fast_config_module), fast_config_module)
+
+
+def test_initializes_then_tracks_with_poses_for_every_frame(reconstruction, small_sequence) -> None:
+    engine, results, _ = reconstruction
+    states = [r.state for r in results]
+    assert states[0] is TrackingState.INITIALIZING
+    first_tracked = next(i for i, s in enumerate(states) if s is not TrackingState.INITIALIZING)
+    assert first_tracked < len(states) - 4, "initialization took (almost) the whole sequence"
+    assert all(s in (TrackingState.TRACKING, TrackingState.RELOCALIZED) for s in states[first_tracked:])
+    assert results[first_tracked].is_keyframe and engine.num_gaussians > 500
+    # buffered frames get poses retroactively: every frame has one in the final trajectory
+    traj = engine.trajectory()
+    assert [p.index for p in traj] == [f.index for f in small_sequence.frames]
+    assert all(np.isfinite(p.pose).all() for p in traj)
+
+
+def test_trajectory_follows_ground_truth_up_to_similarity(reconstruction, small_sequence) -> None:
+    import torch
+
+    from posegs_ros.geometry import umeyama
+
+    engine, _, _ = reconstruction
+    traj = engine.trajectory()
+    est = torch.tensor(np.array([p.pose[:3, 3] for p in traj]))
+    gt = torch.tensor(np.array([small_sequence.frames[p.index].pose[:3, 3] for p in traj]))
+    sim = umeyama(est, gt)
+    rmse = float(((sim.apply(est) - gt) ** 2).sum(1).mean().sqrt())
+    path = float((gt[1:] - gt[:-1]).norm(dim=1).sum())
+    assert rmse < 0.15 * path, (rmse, path)
+
+
+def test_outputs_render_save_and_cloud(reconstruction, small_sequence, tmp_path) -> None:
+    engine, results, _ = reconstruction
+    last = results[-1]
+    rgb, depth = last.deblurred(), last.depth()
+    h, w = small_sequence.frames[0].blurred.shape[:2]
+    assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
+    assert depth.shape == (h, w) and np.isfinite(depth).mean() > 0.8
+    assert last.deblurred() is rgb  # rendered once
+    with pytest.raises(RuntimeError, match="no map"):
+        results[0].deblurred()
+    xyz, colours = engine.map_cloud()
+    assert xyz.shape == (engine.num_gaussians, 3) and colours.dtype == np.uint8
+    state = read_ply(engine.save_map(tmp_path / "map.ply"))
+    assert state["means"].shape[0] == engine.num_gaussians
+    assert len(engine.keyframe_poses()) == last.num_keyframes
+
+
+def test_bad_frames_raise_frame_error_and_leave_the_map_alone(small_sequence, fast_config) -> None:
+    seq = small_sequence
+    engine, _ = run(seq, fast_config, seq.frames[:3])
+    f = seq.frames[3]
+    before = engine.num_gaussians
+    with pytest.raises(FrameError, match="uint8"):
+        engine.process(Frame(f.blurred.astype(np.float32), f.stamp, seq.intrinsics))
+    with pytest.raises(FrameError, match="does not increase"):
+        engine.process(Frame(f.blurred, seq.frames[1].stamp, seq.intrinsics))
+    with pytest.raises(FrameError, match="finite"):
+        engine.process(Frame(f.blurred, float("nan"), seq.intrinsics))
+    other = dataclasses.replace(seq.intrinsics, fx=seq.intrinsics.fx * 2)
+    engine.process(Frame(f.blurred, f.stamp, seq.intrinsics))
+    if engine.initialized:
+        with pytest.raises(FrameError, match="camera changed"):
+            engine.process(Frame(seq.frames[4].blurred, seq.frames[4].stamp, other))
+    with pytest.raises(FrameError, match="intrinsics are for"):
+        engine.process(Frame(f.blurred[:, :-1], seq.frames[5].stamp, seq.intrinsics))
+    assert engine.num_gaussians >= before
+    engine.reset()
+    assert engine.num_gaussians == 0 and engine.trajectory() == []
+
+
+def test_same_input_same_numbers(small_sequence, fast_config) -> None:
+    frames = small_sequence.frames[:14]
+    a, _ = run(small_sequence, fast_config, frames)
+    b, _ = run(small_sequence, fast_config, frames)
+    pa = np.array([p.pose for p in a.trajectory()])
+    pb = np.array([p.pose for p in b.trajectory()])
+    assert pa.shape == pb.shape and np.array_equal(pa, pb)
+    assert a.num_gaussians == b.num_gaussians
+
+
+def test_intrinsics_mismatch_message() -> None:
+    engine = Reconstructor()
+    with pytest.raises(FrameError, match="intrinsics are for 64x48 but the image is 32x24"):
+        engine.process(Frame(np.zeros((24, 32, 3), np.uint8), 0.0, Intrinsics(50, 50, 32, 24, 64, 48)))
