@@ -582,13 +582,39 @@ class Reconstructor:
         if len(views) > limit:
             keep = np.unique(np.linspace(0, len(views) - 1, limit).round().astype(int))
             views = [views[i] for i in keep]
-        stats = self.mapper.refine_all([v for _, v in views], iters)
+        frames = [v for _, v in views]
+        rounds = max(self.config.mapping.final_rounds, 1)
+        stats = MappingStats()
+        for r in range(rounds):
+            part = self.mapper.refine_all(frames, iters // rounds + (1 if r < iters % rounds else 0))
+            stats.iterations += part.iterations
+            stats.added += part.added
+            stats.pruned += part.pruned
+            stats.skipped_steps += part.skipped_steps
+            stats.final_loss = part.final_loss
+            if self.config.mapping.optimize_poses:
+                self._retrack(frames)
         for rec, view in views:
             if rec is not None:  # a non-keyframe view: its own refined pose from now on
                 rec.absolute, rec.reference, rec.relative = view.numpy_pose(), None, None
                 rec.twist = view.twist().detach().numpy()
                 rec.group_poses = {g: m.detach().numpy().copy() for g, m in view.group_poses.items()}
         return stats
+
+    def _retrack(self, views: list[Keyframe]) -> None:
+        """JOGS's pose step against the refined map: flow-lifted Gauss-Newton for every view."""
+        scene = self._scene()
+        for view in views:
+            if view.fixed:
+                continue
+            image = (view.image.numpy() * 255 + 0.5).astype(np.uint8)
+            exclude = view.dynamic_mask.numpy() if view.dynamic_mask is not None else None
+            res = self.tracker.track(
+                image, view.image, view.intrinsics, view.numpy_pose(), view.twist().detach().numpy(), scene,
+                self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self.mapper.scene_scale,
+            )
+            if not res.lost and np.isfinite(res.pose).all():
+                view.pose = torch.from_numpy(res.pose.copy())
 
     # -------------------------------------------------------------- outputs
     def _store_pose(self, rec: _FrameRecord, pose: np.ndarray, state: TrackingState, reference: int | None) -> None:

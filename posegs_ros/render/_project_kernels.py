@@ -1,10 +1,15 @@
 """Numba kernels: EWA projection of 3D Gaussians (gsplat 1.5 rules) and its analytic backward.
 
-Scalars are float64 inside the kernels, arrays float32. Each kernel handles a range of
-Gaussian blocks (a fixed block size, independent of the thread count) with the GIL
-released, so callers run ranges on several threads; cameras are looped inside, so every sum
-has a fixed order: per-Gaussian gradients add the cameras in order, per-camera (viewmat)
-gradients are per-block partial sums that the caller adds in block order.
+Scalars are float64 inside the kernels (plain local variables, so they live in registers),
+arrays float32. Each kernel handles a range of Gaussian blocks (a fixed block size,
+independent of the thread count) with the GIL released, so callers run ranges on several
+threads; cameras are looped inside, so every sum has a fixed order: per-Gaussian gradients
+add the cameras in order, per-camera (viewmat) gradients are per-block partial sums that the
+caller adds in block order.
+
+The 2D covariance is ``A S A^T + eps2d I`` with ``A = J R_cam`` (the 2x3 product of gsplat's
+clamped perspective Jacobian and the camera rotation) and ``S`` the world covariance, which
+is gsplat's ``J (R_cam S R_cam^T) J^T`` regrouped.
 """
 
 from __future__ import annotations
@@ -15,122 +20,133 @@ import numpy as np
 from numba import njit
 
 from posegs_ros.render._common import ALPHA_THRESHOLD, MAX_EXTEND
+from posegs_ros.render._kernel_support import claim
+from posegs_ros.render._raster_kernels import SIGMA_MARGIN, TILE_H, TILE_W
 
 BLOCK = 256  # Gaussians per work item (fixed, so sums do not depend on the thread count)
+# per-camera constants: R (9, row-major), t (3), fx, fy, cx, cy, clamp limits x+, x-, y+, y-
+N_CAM = 20
+# multiply-adds may fuse (deterministic: the same code runs whatever the thread count)
+_FAST = {"contract"}
 
 
-@njit(cache=True)
-def _rotation(q: np.ndarray, rot: np.ndarray) -> float:
-    """Fill ``rot`` [3, 3] from the wxyz quaternion ``q`` (normalized here); return 1 / |q|."""
-    w, x, y, z = float(q[0]), float(q[1]), float(q[2]), float(q[3])
-    inv = 1.0 / math.sqrt(w * w + x * x + y * y + z * z)
-    w, x, y, z = w * inv, x * inv, y * inv, z * inv
-    rot[0, 0] = 1.0 - 2.0 * (y * y + z * z)
-    rot[0, 1] = 2.0 * (x * y - w * z)
-    rot[0, 2] = 2.0 * (x * z + w * y)
-    rot[1, 0] = 2.0 * (x * y + w * z)
-    rot[1, 1] = 1.0 - 2.0 * (x * x + z * z)
-    rot[1, 2] = 2.0 * (y * z - w * x)
-    rot[2, 0] = 2.0 * (x * z - w * y)
-    rot[2, 1] = 2.0 * (y * z + w * x)
-    rot[2, 2] = 1.0 - 2.0 * (x * x + y * y)
-    return inv
+@njit(cache=True, error_model="numpy")
+def camera_constants(viewmats, Ks, width, height):
+    """``[C, N_CAM]`` float64 per-camera constants."""
+    n_cams = viewmats.shape[0]
+    cams = np.empty((n_cams, N_CAM))
+    for c in range(n_cams):
+        for i in range(3):
+            for j in range(3):
+                cams[c, 3 * i + j] = viewmats[c, i, j]
+            cams[c, 9 + i] = viewmats[c, i, 3]
+        fx, fy, cx, cy = float(Ks[c, 0, 0]), float(Ks[c, 1, 1]), float(Ks[c, 0, 2]), float(Ks[c, 1, 2])
+        cams[c, 12], cams[c, 13], cams[c, 14], cams[c, 15] = fx, fy, cx, cy
+        tan_fovx = 0.5 * width / fx
+        tan_fovy = 0.5 * height / fy
+        cams[c, 16] = (width - cx) / fx + 0.3 * tan_fovx
+        cams[c, 17] = cx / fx + 0.3 * tan_fovx
+        cams[c, 18] = (height - cy) / fy + 0.3 * tan_fovy
+        cams[c, 19] = cy / fy + 0.3 * tan_fovy
+    return cams
 
 
-@njit(cache=True)
-def _world_covariance(rot: np.ndarray, s: np.ndarray, cov: np.ndarray) -> None:
-    """``cov = R diag(s^2) R^T``."""
-    for i in range(3):
-        for j in range(3):
-            acc = 0.0
-            for k in range(3):
-                sk = float(s[k])
-                acc += rot[i, k] * sk * sk * rot[j, k]
-            cov[i, j] = acc
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _rotation(qw, qx, qy, qz):
+    """Rotation (row-major 9-tuple) of the wxyz quaternion (normalized here) and 1 / |q|."""
+    inv = 1.0 / math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+    w, x, y, z = qw * inv, qx * inv, qy * inv, qz * inv
+    return (
+        1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y),
+        2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x),
+        2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y),
+    ), inv  # fmt: skip
 
 
-@njit(cache=True)
-def _camera_setup(viewmat: np.ndarray, K: np.ndarray, width: int, height: int, cam: np.ndarray) -> None:
-    """Per camera constants: R (9), t (3), fx, fy, cx, cy, clamp limits x+, x-, y+, y-."""
-    for i in range(3):
-        for j in range(3):
-            cam[3 * i + j] = viewmat[i, j]
-        cam[9 + i] = viewmat[i, 3]
-    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
-    cam[12], cam[13], cam[14], cam[15] = fx, fy, cx, cy
-    tan_fovx = 0.5 * width / fx
-    tan_fovy = 0.5 * height / fy
-    cam[16] = (width - cx) / fx + 0.3 * tan_fovx
-    cam[17] = cx / fx + 0.3 * tan_fovx
-    cam[18] = (height - cy) / fy + 0.3 * tan_fovy
-    cam[19] = cy / fy + 0.3 * tan_fovy
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _covariance(rot, s0, s1, s2):
+    """World covariance ``R diag(s)^2 R^T`` as (S00, S01, S02, S11, S12, S22)."""
+    m00, m01, m02 = rot[0] * s0, rot[1] * s1, rot[2] * s2
+    m10, m11, m12 = rot[3] * s0, rot[4] * s1, rot[5] * s2
+    m20, m21, m22 = rot[6] * s0, rot[7] * s1, rot[8] * s2
+    return (
+        m00 * m00 + m01 * m01 + m02 * m02,
+        m00 * m10 + m01 * m11 + m02 * m12,
+        m00 * m20 + m01 * m21 + m02 * m22,
+        m10 * m10 + m11 * m11 + m12 * m12,
+        m10 * m20 + m11 * m21 + m12 * m22,
+        m20 * m20 + m21 * m21 + m22 * m22,
+    )
 
 
-@njit(cache=True)
-def _to_camera(
-    cam: np.ndarray, m: np.ndarray, cov: np.ndarray, mc: np.ndarray, cov_c: np.ndarray, tmp: np.ndarray
-) -> None:
-    """Mean and covariance in the camera frame: ``R m + t`` and ``R cov R^T`` (``tmp`` scratch)."""
-    for i in range(3):
-        mc[i] = cam[3 * i] * m[0] + cam[3 * i + 1] * m[1] + cam[3 * i + 2] * m[2] + cam[9 + i]
-    for i in range(3):
-        for j in range(3):
-            tmp[i, j] = cam[3 * i] * cov[0, j] + cam[3 * i + 1] * cov[1, j] + cam[3 * i + 2] * cov[2, j]
-    for i in range(3):
-        for j in range(3):
-            cov_c[i, j] = tmp[i, 0] * cam[3 * j] + tmp[i, 1] * cam[3 * j + 1] + tmp[i, 2] * cam[3 * j + 2]
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _camera_point(cams, c, m0, m1, m2):
+    """Camera-frame mean ``R m + t``."""
+    x = cams[c, 0] * m0 + cams[c, 1] * m1 + cams[c, 2] * m2 + cams[c, 9]
+    y = cams[c, 3] * m0 + cams[c, 4] * m1 + cams[c, 5] * m2 + cams[c, 10]
+    z = cams[c, 6] * m0 + cams[c, 7] * m1 + cams[c, 8] * m2 + cams[c, 11]
+    return x, y, z
 
 
-@njit(cache=True)
-def _jacobian(cam: np.ndarray, mc: np.ndarray, jac: np.ndarray) -> None:
-    """Perspective Jacobian [2, 3] with x/z, y/z clamped to gsplat's 1.3 x half-FoV limits."""
-    x, y, z = mc[0], mc[1], mc[2]
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _jacobian_rows(cams, c, x, y, z):
+    """``A = J R_cam`` (rows a0, a1) with gsplat's clamped perspective Jacobian J, plus J's
+    entries (j00, j02, j11, j12) and the clamped tx, ty."""
     rz = 1.0 / z
-    tx = z * min(cam[16], max(-cam[17], x * rz))
-    ty = z * min(cam[18], max(-cam[19], y * rz))
-    jac[0, 0] = cam[12] * rz
-    jac[0, 1] = 0.0
-    jac[0, 2] = -cam[12] * tx * rz * rz
-    jac[1, 0] = 0.0
-    jac[1, 1] = cam[13] * rz
-    jac[1, 2] = -cam[13] * ty * rz * rz
+    tx = z * min(cams[c, 16], max(-cams[c, 17], x * rz))
+    ty = z * min(cams[c, 18], max(-cams[c, 19], y * rz))
+    j00 = cams[c, 12] * rz
+    j02 = -cams[c, 12] * tx * rz * rz
+    j11 = cams[c, 13] * rz
+    j12 = -cams[c, 13] * ty * rz * rz
+    a0 = (j00 * cams[c, 0] + j02 * cams[c, 6], j00 * cams[c, 1] + j02 * cams[c, 7], j00 * cams[c, 2] + j02 * cams[c, 8])
+    a1 = (j11 * cams[c, 3] + j12 * cams[c, 6], j11 * cams[c, 4] + j12 * cams[c, 7], j11 * cams[c, 5] + j12 * cams[c, 8])
+    return a0, a1, j00, j02, j11, j12, tx, ty
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _sym_times(cov, a):
+    """``S a`` for the symmetric S = (S00, S01, S02, S11, S12, S22)."""
+    return (
+        cov[0] * a[0] + cov[1] * a[1] + cov[2] * a[2],
+        cov[1] * a[0] + cov[3] * a[1] + cov[4] * a[2],
+        cov[2] * a[0] + cov[4] * a[1] + cov[5] * a[2],
+    )
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
 def project_forward(
-    block_start, block_stop, means, quats, scales, opacities, viewmats, Ks, width, height,
+    counter, n_items, block, means, quats, scales, opacities, cams, width, height,
     eps2d, near_plane, far_plane, radius_clip,
-    radii, means2d, depths, conics,
+    radii, means2d, depths, conics, tile_bounds,
 ):  # fmt: skip
-    """Fill radii [C, N, 2] int32, means2d [C, N, 2], depths [C, N], conics [C, N, 3] for the
-    Gaussians of blocks ``block_start .. block_stop - 1``.
+    """Fill radii [C, N, 2] int32, means2d [C, N, 2], depths [C, N], conics [C, N, 3] and
+    ``tile_bounds`` [C, N] int64 (an upper bound of the rasterizer's tiles that the entry's
+    opacity-aware ellipse reaches: those of its bounding box widened by a pixel) for the
+    Gaussians ``0 .. n_items - 1``, taken in blocks of :data:`BLOCK` through :func:`claim`
+    (``cams`` from :func:`camera_constants`).
 
     Culled entries get radii 0 and zeros elsewhere.
     """
     n = means.shape[0]
-    n_cams = viewmats.shape[0]
-    cams = np.empty((n_cams, 20))
-    for c in range(n_cams):
-        _camera_setup(viewmats[c], Ks[c], width, height, cams[c])
-    rot = np.empty((3, 3))
-    cov = np.empty((3, 3))
-    cov_c = np.empty((3, 3))
-    mc = np.empty(3)
-    jac = np.empty((2, 3))
-    m = np.empty(3)
-    tmp = np.empty((3, 3))
-    for blk in range(block_start, block_stop):
+    n_cams = cams.shape[0]
+    while True:
+        blk = claim(counter)
+        if blk * BLOCK >= n:
+            break
         for g in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
-            _rotation(quats[g], rot)
-            _world_covariance(rot, scales[g], cov)
-            for i in range(3):
-                m[i] = means[g, i]
+            rot, _ = _rotation(float(quats[g, 0]), float(quats[g, 1]), float(quats[g, 2]), float(quats[g, 3]))
+            cov = _covariance(rot, float(scales[g, 0]), float(scales[g, 1]), float(scales[g, 2]))
+            m0, m1, m2 = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
             opac = float(opacities[g])
             extend = MAX_EXTEND
+            sigma_max = 0.0
             if opac >= ALPHA_THRESHOLD:
-                extend = min(MAX_EXTEND, math.sqrt(2.0 * math.log(opac / ALPHA_THRESHOLD)))
+                sigma_max = math.log(opac / ALPHA_THRESHOLD)
+                extend = min(MAX_EXTEND, math.sqrt(2.0 * sigma_max))
+                sigma_max += SIGMA_MARGIN * (1.0 + sigma_max)
             for c in range(n_cams):
-                cam = cams[c]
+                tile_bounds[c, g] = 0
                 radii[c, g, 0] = 0
                 radii[c, g, 1] = 0
                 means2d[c, g, 0] = 0.0
@@ -139,116 +155,98 @@ def project_forward(
                 conics[c, g, 0] = 0.0
                 conics[c, g, 1] = 0.0
                 conics[c, g, 2] = 0.0
-                _to_camera(cam, m, cov, mc, cov_c, tmp)
-                z = mc[2]
-                if z < near_plane or z > far_plane:
+                x, y, z = _camera_point(cams, c, m0, m1, m2)
+                if z < near_plane or z > far_plane or opac < ALPHA_THRESHOLD:
                     continue
-                _jacobian(cam, mc, jac)
-                # cov2d = J cov_c J^T (J[0,1] = J[1,0] = 0)
-                j00, j02, j11, j12 = jac[0, 0], jac[0, 2], jac[1, 1], jac[1, 2]
-                a00 = j00 * (j00 * cov_c[0, 0] + j02 * cov_c[2, 0]) + j02 * (j00 * cov_c[0, 2] + j02 * cov_c[2, 2])
-                a01 = j00 * (j11 * cov_c[0, 1] + j12 * cov_c[0, 2]) + j02 * (j11 * cov_c[2, 1] + j12 * cov_c[2, 2])
-                a11 = j11 * (j11 * cov_c[1, 1] + j12 * cov_c[2, 1]) + j12 * (j11 * cov_c[1, 2] + j12 * cov_c[2, 2])
-                a00 += eps2d
-                a11 += eps2d
-                det = a00 * a11 - a01 * a01
+                a0, a1, _, _, _, _, _, _ = _jacobian_rows(cams, c, x, y, z)
+                u = _sym_times(cov, a0)
+                c00 = a0[0] * u[0] + a0[1] * u[1] + a0[2] * u[2] + eps2d
+                c01 = a1[0] * u[0] + a1[1] * u[1] + a1[2] * u[2]
+                v = _sym_times(cov, a1)
+                c11 = a1[0] * v[0] + a1[1] * v[1] + a1[2] * v[2] + eps2d
+                det = c00 * c11 - c01 * c01
                 if det <= 0.0:
                     continue
-                if opac < ALPHA_THRESHOLD:
-                    continue
-                rx = math.ceil(extend * math.sqrt(a00))
-                ry = math.ceil(extend * math.sqrt(a11))
+                rx = math.ceil(extend * math.sqrt(c00))
+                ry = math.ceil(extend * math.sqrt(c11))
                 if rx <= radius_clip and ry <= radius_clip:
                     continue
                 rz = 1.0 / z
-                u = cam[12] * mc[0] * rz + cam[14]
-                v = cam[13] * mc[1] * rz + cam[15]
-                if u + rx <= 0.0 or u - rx >= width or v + ry <= 0.0 or v - ry >= height:
+                px = cams[c, 12] * x * rz + cams[c, 14]
+                py = cams[c, 13] * y * rz + cams[c, 15]
+                if px + rx <= 0.0 or px - rx >= width or py + ry <= 0.0 or py - ry >= height:
                     continue
                 radii[c, g, 0] = np.int32(rx)
                 radii[c, g, 1] = np.int32(ry)
-                means2d[c, g, 0] = u
-                means2d[c, g, 1] = v
+                means2d[c, g, 0] = px
+                means2d[c, g, 1] = py
                 depths[c, g] = z
-                conics[c, g, 0] = a11 / det
-                conics[c, g, 1] = -a01 / det
-                conics[c, g, 2] = a00 / det
+                conics[c, g, 0] = c11 / det
+                conics[c, g, 1] = -c01 / det
+                conics[c, g, 2] = c00 / det
+                half_w = math.sqrt(2.0 * sigma_max * c00) + 1.0
+                half_h = math.sqrt(2.0 * sigma_max * c11) + 1.0
+                x_lo = max(0, int(math.ceil(px - half_w - 0.5)))
+                x_hi = min(width - 1, int(math.floor(px + half_w - 0.5)))
+                y_lo = max(0, int(math.ceil(py - half_h - 0.5)))
+                y_hi = min(height - 1, int(math.floor(py + half_h - 0.5)))
+                if x_lo <= x_hi and y_lo <= y_hi:
+                    tile_bounds[c, g] = (y_hi // TILE_H - y_lo // TILE_H + 1) * (x_hi // TILE_W - x_lo // TILE_W + 1)
 
 
-@njit(cache=True)
-def _quat_vjp(q: np.ndarray, inv_norm: float, g: np.ndarray, out: np.ndarray) -> None:
-    """Gradient wrt the unnormalized wxyz quaternion ``q`` from ``g`` = dL/dR [3, 3]."""
-    w, x, y, z = q[0] * inv_norm, q[1] * inv_norm, q[2] * inv_norm, q[3] * inv_norm
-    vw = 2.0 * (x * (g[2, 1] - g[1, 2]) + y * (g[0, 2] - g[2, 0]) + z * (g[1, 0] - g[0, 1]))
-    vx = 2.0 * (
-        -2.0 * x * (g[1, 1] + g[2, 2]) + y * (g[1, 0] + g[0, 1]) + z * (g[2, 0] + g[0, 2]) + w * (g[2, 1] - g[1, 2])
-    )
-    vy = 2.0 * (
-        x * (g[1, 0] + g[0, 1]) - 2.0 * y * (g[0, 0] + g[2, 2]) + z * (g[2, 1] + g[1, 2]) + w * (g[0, 2] - g[2, 0])
-    )
-    vz = 2.0 * (
-        x * (g[2, 0] + g[0, 2]) + y * (g[2, 1] + g[1, 2]) - 2.0 * z * (g[0, 0] + g[1, 1]) + w * (g[1, 0] - g[0, 1])
-    )
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _quat_vjp(qw, qx, qy, qz, inv_norm, g):
+    """Gradient wrt the unnormalized wxyz quaternion from ``g`` = dL/dR (row-major 9-tuple)."""
+    w, x, y, z = qw * inv_norm, qx * inv_norm, qy * inv_norm, qz * inv_norm
+    g00, g01, g02, g10, g11, g12, g20, g21, g22 = g
+    vw = 2.0 * (x * (g21 - g12) + y * (g02 - g20) + z * (g10 - g01))
+    vx = 2.0 * (-2.0 * x * (g11 + g22) + y * (g10 + g01) + z * (g20 + g02) + w * (g21 - g12))
+    vy = 2.0 * (x * (g10 + g01) - 2.0 * y * (g00 + g22) + z * (g21 + g12) + w * (g02 - g20))
+    vz = 2.0 * (x * (g20 + g02) + y * (g21 + g12) - 2.0 * z * (g00 + g11) + w * (g10 - g01))
     dot = vw * w + vx * x + vy * y + vz * z
-    out[0] += (vw - dot * w) * inv_norm
-    out[1] += (vx - dot * x) * inv_norm
-    out[2] += (vy - dot * y) * inv_norm
-    out[3] += (vz - dot * z) * inv_norm
+    return (vw - dot * w) * inv_norm, (vx - dot * x) * inv_norm, (vy - dot * y) * inv_norm, (vz - dot * z) * inv_norm
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
 def project_backward(
-    block_start, block_stop, means, quats, scales, viewmats, Ks, width, height, radii, conics,
-    v_means2d, v_depths, v_conics, want_viewmats,
+    counter, n_items, block, means, quats, scales, cams, radii, conics, elements,
+    v_means2d, v_depths, v_conics, want_gaussians, want_viewmats,
     v_means, v_quats, v_scales, block_view,
 ):  # fmt: skip
-    """Gradients of the projection for blocks ``block_start .. block_stop - 1`` (entries with
-    radii 0 get none).
+    """Gradients of the projection for Gaussians ``0 .. n_items - 1``, taken in blocks of
+    :data:`BLOCK` through :func:`claim` (entries with radii 0 get none). The incoming
+    gradients are per element: entry (c, g) is element ``elements[c, g]`` of ``v_means2d``
+    [M, 2], ``v_depths`` [M], ``v_conics`` [M, 3] (-1: not an element).
 
-    Writes v_means [N, 3], v_quats [N, 4], v_scales [N, 3] (zeroed by the caller) and, if
-    ``want_viewmats``, each block's partial dL/d(viewmat rows 0..2) into ``block_view``
-    [n_blocks, C, 12] (R row-major, then t).
+    With ``want_gaussians``, writes v_means [N, 3], v_quats [N, 4], v_scales [N, 3] (zeroed by
+    the caller); with ``want_viewmats``, each block's partial dL/d(viewmat rows 0..2) into
+    ``block_view`` [n_blocks, C, 12] (R row-major, then t).
     """
     n = means.shape[0]
-    n_cams = viewmats.shape[0]
-    cams = np.empty((n_cams, 20))
-    for c in range(n_cams):
-        _camera_setup(viewmats[c], Ks[c], width, height, cams[c])
-    rot = np.empty((3, 3))
-    cov = np.empty((3, 3))
-    cov_c = np.empty((3, 3))
-    mc = np.empty(3)
-    m = np.empty(3)
-    jac = np.empty((2, 3))
-    v_cov_world = np.empty((3, 3))
-    v_cov_c = np.empty((3, 3))
-    tmp = np.empty((3, 3))
-    v_rot_q = np.empty((3, 3))
-    v_mq = np.empty((3, 3))
-    qv = np.empty(4)
-    for blk in range(block_start, block_stop):
-        view_acc = block_view[blk]
+    n_cams = cams.shape[0]
+    while True:
+        blk = claim(counter)
+        if blk * BLOCK >= n:
+            break
         for g in range(blk * BLOCK, min(n, (blk + 1) * BLOCK)):
-            inv_norm = _rotation(quats[g], rot)
-            _world_covariance(rot, scales[g], cov)
-            for i in range(3):
-                m[i] = means[g, i]
+            qw, qx, qy, qz = float(quats[g, 0]), float(quats[g, 1]), float(quats[g, 2]), float(quats[g, 3])
+            s0, s1, s2 = float(scales[g, 0]), float(scales[g, 1]), float(scales[g, 2])
+            rot, inv_norm = _rotation(qw, qx, qy, qz)
+            cov = _covariance(rot, s0, s1, s2)
+            m0, m1, m2 = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
             vm0 = vm1 = vm2 = 0.0
-            for i in range(3):
-                for j in range(3):
-                    v_cov_world[i, j] = 0.0
+            vs00 = vs01 = vs02 = vs11 = vs12 = vs22 = 0.0  # dL/dS (symmetric)
             any_visible = False
             for c in range(n_cams):
-                if radii[c, g, 0] <= 0 or radii[c, g, 1] <= 0:
+                e = elements[c, g]
+                if radii[c, g, 0] <= 0 or radii[c, g, 1] <= 0 or e < 0:
                     continue
                 any_visible = True
-                cam = cams[c]
-                _to_camera(cam, m, cov, mc, cov_c, tmp)
-                _jacobian(cam, mc, jac)
-                # d/d cov2d from d/d conic: -P G P with P = conic, G = [[va, vb/2], [vb/2, vc]]
+                x, y, z = _camera_point(cams, c, m0, m1, m2)
+                a0, a1, j00, j02, j11, j12, tx, ty = _jacobian_rows(cams, c, x, y, z)
+                # dL/dcov2d = -P G P with P = conic, G = [[va, vb/2], [vb/2, vc]]
                 pa, pb, pc = float(conics[c, g, 0]), float(conics[c, g, 1]), float(conics[c, g, 2])
-                ga, gb, gc = float(v_conics[c, g, 0]), 0.5 * float(v_conics[c, g, 1]), float(v_conics[c, g, 2])
-                # G P
+                ga, gb, gc = float(v_conics[e, 0]), 0.5 * float(v_conics[e, 1]), float(v_conics[e, 2])
                 gp00 = ga * pa + gb * pb
                 gp01 = ga * pb + gb * pc
                 gp10 = gb * pa + gc * pb
@@ -256,101 +254,91 @@ def project_backward(
                 w00 = -(pa * gp00 + pb * gp10)
                 w01 = -(pa * gp01 + pb * gp11)
                 w11 = -(pb * gp01 + pc * gp11)
-                # (w is symmetric: w10 == w01)
-                j00, j02, j11, j12 = jac[0, 0], jac[0, 2], jac[1, 1], jac[1, 2]
-                # v_cov_c = J^T W J
-                jt0 = (j00 * w00, j00 * w01)  # row 0 of J^T W
-                jt1 = (j11 * w01, j11 * w11)  # row 1
-                jt2 = (j02 * w00 + j12 * w01, j02 * w01 + j12 * w11)  # row 2
-                v_cov_c[0, 0] = jt0[0] * j00
-                v_cov_c[0, 1] = jt0[1] * j11
-                v_cov_c[0, 2] = jt0[0] * j02 + jt0[1] * j12
-                v_cov_c[1, 0] = jt1[0] * j00
-                v_cov_c[1, 1] = jt1[1] * j11
-                v_cov_c[1, 2] = jt1[0] * j02 + jt1[1] * j12
-                v_cov_c[2, 0] = jt2[0] * j00
-                v_cov_c[2, 1] = jt2[1] * j11
-                v_cov_c[2, 2] = jt2[0] * j02 + jt2[1] * j12
-                # dL/dJ = 2 W J cov_c (W, cov_c symmetric); only J00, J02, J11, J12 matter
-                wj00, wj02 = w00 * j00, w00 * j02 + w01 * j12
-                wj11, wj12 = w11 * j11, w01 * j02 + w11 * j12
-                wj01 = w01 * j11
-                wj10 = w01 * j00
-                # row 0 of W J is (wj00, wj01, wj02); row 1 is (wj10, wj11, wj12)
-                vj00 = 2.0 * (wj00 * cov_c[0, 0] + wj01 * cov_c[1, 0] + wj02 * cov_c[2, 0])
-                vj02 = 2.0 * (wj00 * cov_c[0, 2] + wj01 * cov_c[1, 2] + wj02 * cov_c[2, 2])
-                vj11 = 2.0 * (wj10 * cov_c[0, 1] + wj11 * cov_c[1, 1] + wj12 * cov_c[2, 1])
-                vj12 = 2.0 * (wj10 * cov_c[0, 2] + wj11 * cov_c[1, 2] + wj12 * cov_c[2, 2])
-                fx, fy = cam[12], cam[13]
-                x, y, z = mc[0], mc[1], mc[2]
+                # cov2d = A S A^T: dL/dA = 2 W A S, dL/dS = A^T W A
+                u = _sym_times(cov, a0)
+                v = _sym_times(cov, a1)
+                va0 = (
+                    2.0 * (w00 * u[0] + w01 * v[0]), 2.0 * (w00 * u[1] + w01 * v[1]), 2.0 * (w00 * u[2] + w01 * v[2])
+                )  # fmt: skip
+                va1 = (
+                    2.0 * (w01 * u[0] + w11 * v[0]), 2.0 * (w01 * u[1] + w11 * v[1]), 2.0 * (w01 * u[2] + w11 * v[2])
+                )  # fmt: skip
+                # A = J R: dL/dJ (its four entries) and dL/dR through the covariance
+                vj00 = va0[0] * cams[c, 0] + va0[1] * cams[c, 1] + va0[2] * cams[c, 2]
+                vj02 = va0[0] * cams[c, 6] + va0[1] * cams[c, 7] + va0[2] * cams[c, 8]
+                vj11 = va1[0] * cams[c, 3] + va1[1] * cams[c, 4] + va1[2] * cams[c, 5]
+                vj12 = va1[0] * cams[c, 6] + va1[1] * cams[c, 7] + va1[2] * cams[c, 8]
+                fx, fy = cams[c, 12], cams[c, 13]
                 rz = 1.0 / z
                 rz2 = rz * rz
                 rz3 = rz2 * rz
-                tx = z * min(cam[16], max(-cam[17], x * rz))
-                ty = z * min(cam[18], max(-cam[19], y * rz))
-                vu, vv = float(v_means2d[c, g, 0]), float(v_means2d[c, g, 1])
+                vu, vv = float(v_means2d[e, 0]), float(v_means2d[e, 1])
                 vmc0 = fx * rz * vu
                 vmc1 = fy * rz * vv
-                vmc2 = -(fx * x * vu + fy * y * vv) * rz2 + float(v_depths[c, g])
-                if x * rz <= cam[16] and x * rz >= -cam[17]:
+                vmc2 = -(fx * x * vu + fy * y * vv) * rz2 + float(v_depths[e])
+                if x * rz <= cams[c, 16] and x * rz >= -cams[c, 17]:
                     vmc0 += -fx * rz2 * vj02
                     vmc2 += 2.0 * fx * tx * rz3 * vj02
                 else:
                     vmc2 += fx * tx * rz3 * vj02
-                if y * rz <= cam[18] and y * rz >= -cam[19]:
+                if y * rz <= cams[c, 18] and y * rz >= -cams[c, 19]:
                     vmc1 += -fy * rz2 * vj12
                     vmc2 += 2.0 * fy * ty * rz3 * vj12
                 else:
                     vmc2 += fy * ty * rz3 * vj12
                 vmc2 += -fx * rz2 * vj00 - fy * rz2 * vj11
-                # mean_c = R m + t
-                for i in range(3):
-                    r0, r1, r2 = cam[i], cam[3 + i], cam[6 + i]  # column i of R
-                    if i == 0:
-                        vm0 += r0 * vmc0 + r1 * vmc1 + r2 * vmc2
-                    elif i == 1:
-                        vm1 += r0 * vmc0 + r1 * vmc1 + r2 * vmc2
-                    else:
-                        vm2 += r0 * vmc0 + r1 * vmc1 + r2 * vmc2
-                # cov_c = R cov R^T: v_cov += R^T v_cov_c R ; v_R += 2 v_cov_c R cov
-                for i in range(3):
-                    for j in range(3):
-                        tmp[i, j] = (
-                            v_cov_c[i, 0] * cam[j] + v_cov_c[i, 1] * cam[3 + j] + v_cov_c[i, 2] * cam[6 + j]
-                        )  # (v_cov_c R)[i, j]
-                for i in range(3):
-                    for j in range(3):
-                        v_cov_world[i, j] += cam[i] * tmp[0, j] + cam[3 + i] * tmp[1, j] + cam[6 + i] * tmp[2, j]
+                if want_gaussians:
+                    # mean_c = R m + t
+                    vm0 += cams[c, 0] * vmc0 + cams[c, 3] * vmc1 + cams[c, 6] * vmc2
+                    vm1 += cams[c, 1] * vmc0 + cams[c, 4] * vmc1 + cams[c, 7] * vmc2
+                    vm2 += cams[c, 2] * vmc0 + cams[c, 5] * vmc1 + cams[c, 8] * vmc2
+                    # dL/dS += A^T W A
+                    wa0 = (w00 * a0[0] + w01 * a1[0], w00 * a0[1] + w01 * a1[1], w00 * a0[2] + w01 * a1[2])
+                    wa1 = (w01 * a0[0] + w11 * a1[0], w01 * a0[1] + w11 * a1[1], w01 * a0[2] + w11 * a1[2])
+                    vs00 += a0[0] * wa0[0] + a1[0] * wa1[0]
+                    vs01 += a0[0] * wa0[1] + a1[0] * wa1[1]
+                    vs02 += a0[0] * wa0[2] + a1[0] * wa1[2]
+                    vs11 += a0[1] * wa0[1] + a1[1] * wa1[1]
+                    vs12 += a0[1] * wa0[2] + a1[1] * wa1[2]
+                    vs22 += a0[2] * wa0[2] + a1[2] * wa1[2]
                 if want_viewmats:
-                    vmc = (vmc0, vmc1, vmc2)
-                    acc = view_acc[c]
-                    for i in range(3):
-                        for j in range(3):
-                            acc[3 * i + j] += vmc[i] * m[j] + 2.0 * (
-                                tmp[i, 0] * cov[0, j] + tmp[i, 1] * cov[1, j] + tmp[i, 2] * cov[2, j]
-                            )
-                        acc[9 + i] += vmc[i]
-            if not any_visible:
+                    # dL/dR = vmc m^T + J^T dL/dA (rows: j00 va0, j11 va1, j02 va0 + j12 va1)
+                    acc = block_view[blk, c]
+                    acc[0] += vmc0 * m0 + j00 * va0[0]
+                    acc[1] += vmc0 * m1 + j00 * va0[1]
+                    acc[2] += vmc0 * m2 + j00 * va0[2]
+                    acc[3] += vmc1 * m0 + j11 * va1[0]
+                    acc[4] += vmc1 * m1 + j11 * va1[1]
+                    acc[5] += vmc1 * m2 + j11 * va1[2]
+                    acc[6] += vmc2 * m0 + j02 * va0[0] + j12 * va1[0]
+                    acc[7] += vmc2 * m1 + j02 * va0[1] + j12 * va1[1]
+                    acc[8] += vmc2 * m2 + j02 * va0[2] + j12 * va1[2]
+                    acc[9] += vmc0
+                    acc[10] += vmc1
+                    acc[11] += vmc2
+            if not (any_visible and want_gaussians):
                 continue
             v_means[g, 0] = vm0
             v_means[g, 1] = vm1
             v_means[g, 2] = vm2
-            # cov = M M^T with M = R_q S: v_M = 2 v_cov M; v_Rq = v_M S; v_s_k = sum_i R_q[i,k] v_M[i,k]
-            for i in range(3):
-                for k in range(3):
-                    sk = float(scales[g, k])
-                    acc = 0.0
-                    for j in range(3):
-                        acc += (v_cov_world[i, j] + v_cov_world[j, i]) * rot[j, k] * sk
-                    v_mq[i, k] = acc
-            for k in range(3):
-                sk = float(scales[g, k])
-                vs = 0.0
-                for i in range(3):
-                    v_rot_q[i, k] = v_mq[i, k] * sk
-                    vs += rot[i, k] * v_mq[i, k]
-                v_scales[g, k] = vs
-            qv[:] = 0.0
-            _quat_vjp(quats[g], inv_norm, v_rot_q, qv)
-            for k in range(4):
-                v_quats[g, k] = qv[k]
+            # S = M M^T with M = R_q diag(s): dL/dM = 2 dL/dS M, dL/dR_q = dL/dM diag(s),
+            # dL/ds_k = sum_i R_q[i, k] dL/dM[i, k]
+            vs = (vs00, vs01, vs02, vs11, vs12, vs22)
+            r = rot
+            c0 = _sym_times(vs, (r[0] * s0, r[3] * s0, r[6] * s0))  # column k of dL/dS M
+            c1 = _sym_times(vs, (r[1] * s1, r[4] * s1, r[7] * s1))
+            c2 = _sym_times(vs, (r[2] * s2, r[5] * s2, r[8] * s2))
+            v_scales[g, 0] = 2.0 * (r[0] * c0[0] + r[3] * c0[1] + r[6] * c0[2])
+            v_scales[g, 1] = 2.0 * (r[1] * c1[0] + r[4] * c1[1] + r[7] * c1[2])
+            v_scales[g, 2] = 2.0 * (r[2] * c2[0] + r[5] * c2[1] + r[8] * c2[2])
+            t0, t1, t2 = 2.0 * s0, 2.0 * s1, 2.0 * s2
+            v_rot = (
+                c0[0] * t0, c1[0] * t1, c2[0] * t2,
+                c0[1] * t0, c1[1] * t1, c2[1] * t2,
+                c0[2] * t0, c1[2] * t1, c2[2] * t2,
+            )  # fmt: skip
+            gw, gx, gy, gz = _quat_vjp(qw, qx, qy, qz, inv_norm, v_rot)
+            v_quats[g, 0] = gw
+            v_quats[g, 1] = gx
+            v_quats[g, 2] = gy
+            v_quats[g, 3] = gz

@@ -1,9 +1,12 @@
-"""Run GIL-free numba kernels over pieces of work on a few Python threads.
+"""Run GIL-free numba kernels on a few Python threads.
 
-The kernels are ``@njit(nogil=True)`` and serial; parallelism comes from calling them on
-disjoint pieces of work from a thread pool. That keeps numba's compile time low (no parfor
-pipeline), avoids a second OpenMP runtime spinning against PyTorch's on small machines, and
-makes results independent of the thread count: every piece writes its own outputs.
+The kernels are ``@njit(nogil=True)`` and serial; parallelism comes from running the same
+kernel call on every thread of a small pool (the caller's thread included), the threads
+taking work items one at a time through a shared atomic counter inside the kernel. That
+keeps numba's compile time low (no parfor pipeline), avoids a second OpenMP runtime
+spinning against PyTorch's on small machines, balances the load dynamically (a thread that
+is slowed down or descheduled on a busy machine just takes fewer items) and makes results
+independent of the thread count: every item writes its own outputs.
 
 The number of threads follows ``torch.get_num_threads()``.
 """
@@ -17,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-__all__ = ["num_threads", "run_ranges", "run_chunks"]
+__all__ = ["num_threads", "run_blocks", "run_shared"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -40,8 +43,8 @@ def _executor(n: int) -> ThreadPoolExecutor:
 
 
 def _run(calls: list[Callable[[], Any]]) -> None:
-    """Run ``calls`` on ``num_threads()`` threads (the caller's included), each thread taking
-    the next call when it is free."""
+    """Run ``calls`` on up to ``num_threads()`` threads (the caller's included), each thread
+    taking the next call when it is free."""
     n = min(num_threads(), len(calls))
     if n <= 1:
         for call in calls:
@@ -63,26 +66,26 @@ def _run(calls: list[Callable[[], Any]]) -> None:
         worker()
     finally:
         for future in futures:
-            future.result()  # waits for all, re-raises a kernel's exception
+            # A helper that has not started yet is not waited for: the calls take their work
+            # from shared counters, so the threads that did run have done all of it. On a busy
+            # machine a helper can wait a whole scheduler time slice before it runs.
+            if not future.cancel():
+                future.result()  # waits for a running helper, re-raises a kernel's exception
 
 
-def run_ranges(kernel: Callable[..., Any], n_items: int, *args: Any, min_items: int = 1024) -> None:
-    """``kernel(start, stop, *args)`` over contiguous ranges covering ``0 .. n_items - 1``."""
-    pieces = max(1, min(num_threads(), n_items // max(1, min_items)))
-    bounds = np.linspace(0, n_items, pieces + 1).astype(np.int64)
-    _run([lambda a=int(a), b=int(b): kernel(a, b, *args) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+def run_shared(kernel: Callable[..., Any], items: np.ndarray, *args: Any) -> None:
+    """``kernel(items, counter, *args)`` on every thread (at most one per item): the kernel
+    takes ``items`` one at a time, in order, through a shared atomic ``counter``, so a thread
+    slowed down (or descheduled on a busy machine) just takes fewer of them."""
+    counter = np.zeros(1, np.int64)
+    n = max(1, min(num_threads(), len(items)))
+    _run([lambda: kernel(items, counter, *args)] * n)
 
 
-def run_chunks(kernel: Callable[..., Any], items: np.ndarray, costs: np.ndarray, *args: Any) -> None:
-    """``kernel(chunk, *args)`` over chunks of ``items`` with similar total ``costs``.
-
-    Items are dealt round-robin in decreasing cost into ``4 x threads`` chunks, which the
-    threads pick up as they become free.
-    """
-    n = num_threads()
-    n_chunks = 1 if n == 1 else min(len(items), 4 * n)
-    if n_chunks <= 1:
-        kernel(items, *args)
-        return
-    order = items[np.argsort(-costs, kind="stable")]
-    _run([lambda c=np.ascontiguousarray(order[k::n_chunks]): kernel(c, *args) for k in range(n_chunks)])
+def run_blocks(kernel: Callable[..., Any], n_items: int, block: int, *args: Any) -> None:
+    """``kernel(counter, n_items, block, *args)`` on every thread (at most one per block): the
+    kernel takes blocks of ``block`` items one at a time through the shared atomic
+    ``counter`` (see :func:`run_shared`)."""
+    counter = np.zeros(1, np.int64)
+    n = max(1, min(num_threads(), -(-n_items // block)))
+    _run([lambda: kernel(counter, n_items, block, *args)] * n)

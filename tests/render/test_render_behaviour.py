@@ -100,12 +100,12 @@ def test_empty_scene(backend: str) -> None:
     assert meta["radii"].shape == (0, 2)
 
 
-def _run_cpu_twice(threads: int) -> list[torch.Tensor]:
+def _run_cpu_twice(threads: int, sh_degree: int = 1, n_cams: int = 2) -> list[torch.Tensor]:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        scene = random_scene(23, n=600, backgrounds=True, sh_degree=1).clone()
-        out, alphas, meta = rasterize(*scene.args(), backgrounds=scene.backgrounds, sh_degree=1,
+        scene = random_scene(23, n=600, backgrounds=True, sh_degree=sh_degree, n_cams=n_cams).clone()
+        out, alphas, meta = rasterize(*scene.args(), backgrounds=scene.backgrounds, sh_degree=sh_degree,
                                       render_mode="RGB+ED", backend="cpu")  # fmt: skip
         loss = (out * loss_weights(out.shape, 5)).sum() + (alphas * loss_weights(alphas.shape, 6)).sum()
         meta["means2d"].retain_grad()
@@ -115,12 +115,16 @@ def _run_cpu_twice(threads: int) -> list[torch.Tensor]:
         torch.set_num_threads(previous)
 
 
-def test_cpu_backward_is_deterministic() -> None:
-    """Bit-identical outputs and gradients run to run with 2 threads, and with 1 thread."""
-    first, second, single = _run_cpu_twice(2), _run_cpu_twice(2), _run_cpu_twice(1)
-    for a, b, c in zip(first, second, single):
+@pytest.mark.parametrize(("sh_degree", "n_cams"), [(1, 2), (0, 5)], ids=["sh1-2cams", "sh0-5cams"])
+def test_cpu_backward_is_deterministic(sh_degree: int, n_cams: int) -> None:
+    """Bit-identical outputs and gradients run to run with 2 threads, and with 1 and 3 threads
+    (work is taken dynamically, so each run splits it differently)."""
+    first, second = _run_cpu_twice(2, sh_degree, n_cams), _run_cpu_twice(2, sh_degree, n_cams)
+    single, triple = _run_cpu_twice(1, sh_degree, n_cams), _run_cpu_twice(3, sh_degree, n_cams)
+    for a, b, c, d in zip(first, second, single, triple):
         assert torch.equal(a, b)
         assert torch.equal(a, c)
+        assert torch.equal(a, d)
 
 
 def test_pose_gradient_through_se3() -> None:

@@ -18,7 +18,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_defaults_and_unknown_scene(capsys: pytest.CaptureFixture[str]) -> None:
     args = parse()
-    assert (args.repeats, args.threads, args.scenes) == (10, 2, "a,b,blur,ed")
+    assert (args.repeats, args.threads) == (10, 2)
+    assert args.scenes.split(",") == list(bench_render.SCENES)
     assert bench_render.run(parse("--scenes", "zz")) == 2
     assert "unknown" in capsys.readouterr().err
 
@@ -42,3 +43,16 @@ def test_report_lists_ratios() -> None:
 
     text = bench_render._table([result("cpu", 40.0), result("reference", 800.0)], [], 2)
     assert "2 thread(s)" in text and "forward+backward  20.0x" in text
+
+
+def test_report_lists_phases_and_load() -> None:
+    phases = {"project": 1.0, "bin": 2.0, "raster_fwd": 3.0}
+    r = bench_render.Result("engine", "cpu", 2, 3, 100.0, 10.0, 30.0, 400.0, 123, phases)
+    text = bench_render._table([r], [], 2, "1-minute load average: 0.50 before, 0.70 after (on 2 CPUs)")
+    assert "raster_fwd 3.0" in text and "load average: 0.50" in text
+
+
+def test_engine_scenes_render_like_the_engine() -> None:
+    scene = bench_render.make_scene("engine-pose")
+    assert scene["sh_degree"] == 0 and scene["colors"].shape == (30_000, 1, 3)
+    assert scene["backgrounds"].shape == (5, 3) and "engine-pose" in bench_render.POSE_ONLY_SCENES
