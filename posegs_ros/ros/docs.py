@@ -1,7 +1,8 @@
-"""Generated tables of ``docs/ros2.md`` (parameters, topics / services, skip and reset reasons).
+"""Generated tables of the README's ROS 2 section (parameters, topics / services, skip and
+reset reasons).
 
 Each table sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in the
-Markdown file; ``python -m posegs_ros.ros.docs docs/ros2.md`` rewrites them from the code and
+Markdown file; ``python -m posegs_ros.ros.docs README.md`` rewrites them from the code and
 ``--check`` fails when they are stale (a test runs the check), so the docs cannot drift.
 """
 
@@ -56,7 +57,7 @@ def update_markdown(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Rewrite (or ``--check``) the generated tables of a Markdown file."""
     parser = argparse.ArgumentParser(prog="python -m posegs_ros.ros.docs", description=main.__doc__)
-    parser.add_argument("markdown", type=Path, help="e.g. docs/ros2.md")
+    parser.add_argument("markdown", type=Path, help="e.g. README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale, change nothing")
     args = parser.parse_args(argv)
     text = args.markdown.read_text(encoding="utf-8")

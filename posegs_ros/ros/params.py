@@ -7,8 +7,8 @@ Two groups, both flat dotted names:
 - node settings under ``ros.`` (:class:`NodeSettings`: frames, QoS, queue, rates, save path).
 
 The node declares one ROS parameter per :class:`ParameterSpec` (read-only, with its
-description); ``config/posegs.yaml`` is :func:`parameter_file_text` and the table in
-``docs/ros2.md`` is :func:`markdown_parameter_table` (tests check both stay equal).
+description); ``config/posegs.yaml`` is :func:`parameter_file_text` and the parameter table in
+``README.md`` (ROS 2 section) is :func:`markdown_parameter_table` (tests check both stay equal).
 Regenerate them with ``python -m posegs_ros.ros.params yaml|markdown``.
 """
 
@@ -272,7 +272,7 @@ def _markdown_cell(text: str) -> str:
 
 
 def markdown_parameter_table() -> str:
-    """The parameter table of ``docs/ros2.md`` (Markdown)."""
+    """The parameter table of ``README.md``'s ROS 2 section (Markdown)."""
     rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
     for spec in parameter_specs():
         default = json.dumps(spec.default) if isinstance(spec.default, str) else _yaml_scalar(spec.default)

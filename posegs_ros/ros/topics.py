@@ -1,8 +1,8 @@
 """The node's ROS interface as data: topics, services and their QoS (ROS-free).
 
 The node creates its subscriptions, publishers and services from these tables, the worker
-publishes by :attr:`Endpoint.key`, and ``docs/ros2.md`` shows :func:`markdown_interface_table`
-(a test keeps it equal), so the three cannot drift apart.
+publishes by :attr:`Endpoint.key`, and ``README.md`` (ROS 2 section) shows
+:func:`markdown_interface_table` (a test keeps it equal), so the three cannot drift apart.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def publication(key: str) -> Endpoint:
 
 
 def markdown_interface_table() -> str:
-    """Topics and services of the node as a Markdown table (``docs/ros2.md``)."""
+    """Topics and services of the node as a Markdown table (``README.md``, ROS 2 section)."""
     rows = ["| direction | name | type | QoS | description |", "|---|---|---|---|---|"]
     for endpoint in SUBSCRIPTIONS:
         rows.append(

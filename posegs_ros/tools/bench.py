@@ -1,4 +1,4 @@
-"""``posegs bench``: speed benchmarks that print numbers (tests never time things)."""
+"""``posegs bench``: benchmarks that print numbers: speed (render, pipeline) and quality (quality, dynamic)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """``posegs bench render``: the CPU rasterizer against its PyTorch reference, ms and peak RSS.
 
 Each (implementation, scene) pair runs in its own subprocess so that its peak RSS is its
-own. Scenes follow ANCHORS.md's standard: N random Gaussians in a frustum 1-5 m ahead,
-scales 1-3 cm, opacity 0.5, loss = mean |render - target| (mean over the cameras first:
-the blur model). The ``engine`` scenes are the reconstruction engine's call: C = 5
+own. Scenes are those the other CPU renderers were measured on: N random Gaussians in a
+frustum 1-5 m ahead, scales 1-3 cm, opacity 0.5, loss = mean |render - target| (mean over
+the cameras first: the blur model). The ``engine`` scenes are the reconstruction engine's call: C = 5
 sub-exposure cameras, degree-0 SH colours, backgrounds, render mode RGB+ED, with gradients
 to everything (mapping) or to the viewmats only (``engine-pose``: tracking).
 

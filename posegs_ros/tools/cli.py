@@ -19,7 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("posegs_ros.tools.synth", "write a synthetic motion-blurred sequence with ground truth as a rosbag2"),
     "bag-from-frames": ("posegs_ros.tools.bag_from_frames", "convert a TUM RGB-D or 7-Scenes folder into a rosbag2"),
     "eval": ("posegs_ros.tools.evaluate", "trajectory (ATE, RPE) and image (PSNR, SSIM) metrics with a report"),
-    "bench": ("posegs_ros.tools.bench", "speed benchmarks: renderer, pipeline"),
+    "bench": ("posegs_ros.tools.bench", "benchmarks: renderer and pipeline speed, ablation quality, dynamic scenes"),
 }
 
 
