@@ -123,9 +123,11 @@ class MappingConfig:
     prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
     prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
     max_gaussians: int = _f(60000, "cap on the number of Gaussians (memory bound)")
-    final_iters: int = _f(300, "offline only (posegs replay): joint steps over every tracked frame after the last one")
+    final_iters: int = _f(900, "offline only (posegs replay): joint steps over every tracked frame after the last one")
     final_rounds: int = _f(3, "offline only: alternations of joint refinement and flow-based re-tracking of every frame")
     final_lr_factor: float = _f(0.02, "offline only: position and pose learning rates decay to this factor over the final refinement")
+    final_densify_error: float = _f(0.05, "offline only: densify_error of the final refinement (finer detail than online)")
+    final_densify_stride: int = _f(2, "offline only: densify_stride of the final refinement")
     final_max_views: int = _f(400, "offline only: at most this many frames (evenly spaced) join the final refinement")
     optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
 

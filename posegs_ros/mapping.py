@@ -193,8 +193,9 @@ class Mapper:
         stats = MappingStats()
         if len(self.gmap) == 0 or not views or iterations <= 0:
             return stats
+        m = self.cfg.mapping
         for view in views:
-            stats.added += self.densify(view)
+            stats.added += self.densify(view, stride=m.final_densify_stride, error=m.final_densify_error)
         pose_frames = [kf for kf in views if not kf.fixed] if self.cfg.mapping.optimize_poses else []
         order = np.concatenate([self.rng.permutation(len(views)) for _ in range(iterations // len(views) + 1)])
         visits = iter(order[:iterations].tolist())
@@ -289,25 +290,34 @@ class Mapper:
         return render_views(scene, kf.current_pose().detach()[None], k, self.render_settings(kf))
 
     @torch.no_grad()
-    def densify(self, kf: Keyframe, fallback_depth: np.ndarray | None = None) -> int:
+    def densify(
+        self,
+        kf: Keyframe,
+        fallback_depth: np.ndarray | None = None,
+        stride: int | None = None,
+        error: float | None = None,
+    ) -> int:
         """Add Gaussians where ``kf`` is transparent or badly explained by the map.
 
-        Depth: the rendered depth where the map is opaque enough, else ``fallback_depth``
+        Pixels are sampled every ``stride`` (default ``mapping.densify_stride``); badly
+        explained = mean L1 error above ``error`` (default ``mapping.densify_error``). Depth: the
+        rendered depth where the map is opaque enough, else ``fallback_depth`` ``[H, W]``
         (e.g. triangulated), else the nearest rendered depth.
         """
         m = self.cfg.mapping
+        stride = m.densify_stride if stride is None else stride
+        error = m.densify_error if error is None else error
         out = self.render_sharp(kf)
         alpha = out.alpha[0, ..., 0].numpy()
         depth = out.depth[0, ..., 0].numpy()
         err = (out.rgb[0] - kf.image).abs().mean(-1).numpy()
         h, w = alpha.shape
-        stride = m.densify_stride
         offset = int(self.rng.integers(stride))
         vs, us = np.mgrid[offset:h:stride, offset:w:stride]
         us, vs = us.ravel(), vs.ravel()
         a, e = alpha[vs, us], err[vs, us]
         transparent = a < m.densify_alpha
-        wrong = (~transparent) & (e > m.densify_error)
+        wrong = (~transparent) & (e > error)
         if kf.dynamic_mask is not None:
             static = ~kf.dynamic_mask.numpy()[vs, us]
             transparent &= static

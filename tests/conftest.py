@@ -18,6 +18,7 @@ FAST_ENGINE = {
     "mapping.pose_iters": 2,
     "mapping.joint_iters": 3,
     "blur.subframes": 3,
+    "mapping.final_iters": 60,
 }
 
 

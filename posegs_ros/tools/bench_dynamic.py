@@ -26,6 +26,9 @@ RUNS: list[tuple[str, bool, bool]] = [
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", default=",".join(str(i) for i in range(len(RUNS))),
+                        help="comma-separated subset of the runs, by number: "
+                        + "; ".join(f"{i} = {name}" for i, (name, _, _) in enumerate(RUNS)))
     parser.add_argument("--config", type=Path, action="append", default=[], help="engine config overlay (YAML)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help="override one config parameter for every run (repeatable)")
@@ -38,15 +41,19 @@ def run(args: argparse.Namespace) -> int:
     from .replay import parse_overrides, replay
     from .synth import SynthConfig, generate, write
 
+    try:
+        selected = [RUNS[int(i)] for i in args.runs.split(",") if i.strip()]
+    except (ValueError, IndexError):
+        raise SystemExit(f"--runs takes numbers 0..{len(RUNS) - 1}, got {args.runs!r}") from None
     common = parse_overrides(args.overrides)
     with tempfile.TemporaryDirectory(prefix="posegs-dynamic-") as tmp:
         work = args.work or Path(tmp)
         data: dict[bool, Path] = {}
-        for dynamic in (True, False):
+        for dynamic in sorted({dynamic for _, dynamic, _ in selected}, reverse=True):
             seq = generate(SynthConfig(seed=args.seed, frames=args.frames, dynamic=dynamic))
             data[dynamic] = write(seq, work / ("dynamic" if dynamic else "static"), force=True)
         rows = []
-        for name, dynamic, groups in RUNS:
+        for name, dynamic, groups in selected:
             cfg = load_config(*args.config, overrides={**common, "dynamic.enabled": groups})
             print(f"running '{name}' ...", flush=True)
             out = work / name.replace(" ", "_").replace(",", "")
