@@ -123,7 +123,7 @@ class MappingConfig:
     prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
     prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
     max_gaussians: int = _f(60000, "cap on the number of Gaussians (memory bound)")
-    final_iters: int = _f(900, "offline only (posegs replay): joint steps over every tracked frame after the last one")
+    final_iters: int = _f(1200, "offline only (posegs replay): joint steps over every tracked frame after the last one")
     final_rounds: int = _f(3, "offline only: alternations of joint refinement and flow-based re-tracking of every frame")
     final_lr_factor: float = _f(0.02, "offline only: position and pose learning rates decay to this factor over the final refinement")
     final_densify_error: float = _f(0.05, "offline only: densify_error of the final refinement (finer detail than online)")

@@ -612,6 +612,7 @@ class Reconstructor:
             res = self.tracker.track(
                 image, view.image, view.intrinsics, view.numpy_pose(), view.twist().detach().numpy(), scene,
                 self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self.mapper.scene_scale,
+                blurred_subframes=self.mapper.subframes() | 1,  # odd: a middle sub-frame at s = 0
             )
             if not res.lost and np.isfinite(res.pose).all():
                 view.pose = torch.from_numpy(res.pose.copy())

@@ -67,7 +67,7 @@ class TrackingResult:
     coverage: float  # fraction of pixels the map covers (alpha > COVERED_ALPHA) at the prediction
     points: np.ndarray  # [M, 3] map points used (for keyframe parallax checks)
     flow: np.ndarray  # [H, W, 2] flow render -> observation (last pass)
-    render: RenderOutput  # sharp render of the last pass (at the pose the last Gauss-Newton started from)
+    render: RenderOutput  # render of the last pass (at the pose its Gauss-Newton started from; blurred if asked)
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
 
@@ -99,6 +99,7 @@ class Tracker:
         exclude: np.ndarray | None = None,
         refine: bool = True,
         scene_scale: float = 1.0,
+        blurred_subframes: int = 1,
     ) -> TrackingResult:
         """Track one frame.
 
@@ -109,6 +110,10 @@ class Tracker:
             twist_init: ``[6]`` starting exposure twist (not zero: see :func:`initial_twist`).
             exclude: ``[H, W]`` bool pixels to ignore (moving objects).
             refine: run the blur-aware render-loss steps after Gauss-Newton.
+            blurred_subframes: with an odd count > 1, the flow goes from the blurred render
+                (mean of that many sub-frame renders along ``twist_init``) to the observation,
+                so both sides carry the same blur; depth comes from the middle (mid-exposure)
+                sub-frame. Needs a trusted twist (final refinement); 1 = sharp render.
         """
         t = self.cfg.tracking
         timings = {"render": 0.0, "flow": 0.0, "gauss_newton+refine": 0.0}
@@ -119,7 +124,14 @@ class Tracker:
         for _ in range(max(t.flow_passes, 1)):
             t0 = time.perf_counter()
             with torch.no_grad():
-                out = render_views(scene, torch.from_numpy(pose_pass)[None], k, settings)
+                if blurred_subframes > 1 and blurred_subframes % 2 == 1:
+                    blurred, subs = render_exposure(
+                        scene, torch.from_numpy(pose_pass), torch.from_numpy(twist_init), k, settings, blurred_subframes
+                    )
+                    mid = blurred_subframes // 2  # offset s = 0
+                    out = RenderOutput(blurred[None], subs.depth[mid : mid + 1], subs.alpha[mid : mid + 1])
+                else:
+                    out = render_views(scene, torch.from_numpy(pose_pass)[None], k, settings)
             timings["render"] += time.perf_counter() - t0
             rgb = out.rgb[0].clamp(0, 1).numpy()
             depth = out.depth[0, ..., 0].numpy()

@@ -7,7 +7,7 @@ does, evaluates against ground truth and prints one Markdown table:
 - ``full``: the method (blur model on, poses refined in mapping: UPGS's joint optimization);
 - ``blur off``: one sharp render per frame (no exposure model);
 - ``two-step``: poses from tracking are frozen, mapping optimizes Gaussians only;
-- ``full, sharp input``: the method on the sequence without motion blur.
+- ``full on sharp input``: the method on the sequence without motion blur.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     "full": ({}, False),
     "blur off": ({"blur.enabled": False}, False),
     "two-step": ({"mapping.optimize_poses": False}, False),
-    "full, sharp input": ({}, True),
+    "full on sharp input": ({}, True),
 }
 
 

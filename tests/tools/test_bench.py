@@ -1,0 +1,52 @@
+"""Argument handling and tables of the quality, dynamic and pipeline benchmarks (no runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from posegs_ros.tools import bench_dynamic, bench_pipeline, bench_quality
+
+
+def _parse(module, *argv: str) -> argparse.Namespace:  # noqa: ANN001 - a bench module
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_default_quality_variants_are_all_known() -> None:
+    args = _parse(bench_quality)
+    names = [v.strip() for v in args.variants.split(",")]
+    assert names == list(bench_quality.VARIANTS)
+    assert {"full", "blur off", "two-step"} <= set(names)
+    assert any(sharp for _, sharp in bench_quality.VARIANTS.values())
+
+
+def test_unknown_quality_variant_is_refused_before_any_work() -> None:
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench_quality.run(_parse(bench_quality, "--variants", "full,nope"))
+
+
+def test_quality_table_shows_the_gain() -> None:
+    row = {"variant": "full", "ate_cm": 0.4, "ate_online_cm": 0.6, "psnr_deblurred": 29.3, "psnr_input": 25.2,
+           "ssim_deblurred": 0.9, "fps": 0.8, "final_refinement_s": 300.0, "keyframes": 7, "gaussians": 60000}
+    table = bench_quality.format_table([row])
+    assert "| full | 0.40 | 0.60 | 29.30 | 25.20 | +4.10 |" in table
+
+
+def test_dynamic_runs_subset_and_bad_numbers() -> None:
+    assert _parse(bench_dynamic).runs == "0,1,2,3"
+    with pytest.raises(SystemExit, match="--runs takes numbers"):
+        bench_dynamic.run(_parse(bench_dynamic, "--runs", "0,9"))
+
+
+def test_dynamic_table_marks_missing_mask_numbers() -> None:
+    row = {"run": "static sequence, groups off", "ate_cm": 0.4, "ate_online_cm": 0.6, "psnr": 29.0,
+           "psnr_input": 25.2, "psnr_in_mask": None, "iou": None, "groups_spawned": 0}
+    assert "| – | – | 0 |" in bench_dynamic.format_table([row])
+
+
+def test_pipeline_defaults_are_the_default_sequence() -> None:
+    args = _parse(bench_pipeline)
+    assert (args.frames, args.width, args.height, args.profile) == (60, 320, 240, False)
