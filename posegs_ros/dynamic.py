@@ -34,7 +34,7 @@ import numpy as np
 
 from .config import DynamicConfig
 from .flow import to_gray
-from .pose_solver import project_points, solve_pose
+from .pose_solver import damped_step, huber_cost, huber_weights, project_points, solve_pose
 
 __all__ = [
     "camera_induced_flow",
@@ -478,8 +478,7 @@ def _solve_translation(
         return uv - targets, z > near, x
 
     def cost(r: np.ndarray, valid: np.ndarray) -> float:
-        n = np.linalg.norm(r[valid], axis=1)
-        return float(np.sum(np.where(n <= huber_px, 0.5 * n**2, huber_px * (n - 0.5 * huber_px))))
+        return huber_cost(np.linalg.norm(r[valid], axis=1), huber_px)
 
     t = t0.astype(np.float64).copy()
     r, valid, x = resid(t)
@@ -495,23 +494,19 @@ def _solve_translation(
         j_proj[:, 1, 2] = -k[1, 1] * xv[:, 1] * inv_z**2
         jac = j_proj @ r_c.T  # d x / d t = R_c^T
         rv = r[valid]
-        n = np.linalg.norm(rv, axis=1)
-        w = np.where(n <= huber_px, 1.0, huber_px / np.maximum(n, 1e-12))
+        w = huber_weights(np.linalg.norm(rv, axis=1), huber_px)
         h = np.einsum("m,mai,maj->ij", w, jac, jac)
         g = np.einsum("m,mai,ma->i", w, jac, rv)
-        improved = False
-        step = np.zeros(3)
-        for _ in range(6):
-            step = -np.linalg.solve(h + damping * (np.diag(np.diag(h)) + 1e-9 * np.eye(3)), g)
+
+        def evaluate(step: np.ndarray) -> tuple[float, tuple[np.ndarray, ...]]:
             r_n, valid_n, x_n = resid(t + step)
-            c = cost(r_n, valid_n)
-            if np.isfinite(c) and c <= current:
-                t, r, valid, x, current = t + step, r_n, valid_n, x_n, c
-                damping = max(damping * 0.3, 1e-7)
-                improved = True
-                break
-            damping *= 10.0
-        if not improved or np.linalg.norm(step) < 1e-10:
+            return cost(r_n, valid_n), (t + step, r_n, valid_n, x_n)
+
+        state, step, damping, current = damped_step(h, g, damping, current, evaluate)
+        if state is None:
+            break
+        t, r, valid, x = state
+        if np.linalg.norm(step) < 1e-10:
             break
     return t
 

@@ -12,6 +12,7 @@ Poses are camera-to-map ``[4, 4]`` float64; updates are right-multiplied,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -48,6 +49,35 @@ def huber_weights(r: np.ndarray, k: float) -> np.ndarray:
     """IRLS weights of the Huber loss for residual norms ``r`` ``[M]``."""
     a = np.abs(r)
     return np.where(a <= k, 1.0, k / np.maximum(a, 1e-12))
+
+
+def huber_cost(r: np.ndarray, k: float) -> float:
+    """Sum of the Huber loss of residual norms ``r`` ``[M]`` (``r`` >= 0)."""
+    return float(np.sum(np.where(r <= k, 0.5 * r**2, k * (r - 0.5 * k))))
+
+
+def damped_step(
+    h: np.ndarray,
+    g: np.ndarray,
+    damping: float,
+    current: float,
+    evaluate: Callable[[np.ndarray], tuple[float, Any]],
+    tries: int = 6,
+) -> tuple[Any | None, np.ndarray, float, float]:
+    """One Levenberg-Marquardt step on the normal equations ``h`` ``[P, P]``, ``g`` ``[P]``.
+
+    Raises the damping tenfold until ``evaluate(step) -> (cost, state)`` does not increase the
+    ``current`` cost. Returns ``(state or None, last step, new damping, cost)``.
+    """
+    eye = np.eye(len(g))
+    step = np.zeros(len(g))
+    for _ in range(tries):
+        step = -np.linalg.solve(h + damping * (np.diag(np.diag(h)) + 1e-9 * eye), g)
+        c, state = evaluate(step)
+        if np.isfinite(c) and c <= current:
+            return state, step, max(damping * 0.3, 1e-7), c
+        damping *= 10.0
+    return None, step, damping, current
 
 
 def project_points(points_cam: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,11 +164,9 @@ def solve_pose(
         return rg, valid, rp, vp
 
     def cost(rg: np.ndarray, valid: np.ndarray, rp: np.ndarray | None, vp: np.ndarray | None, sp: float) -> float:
-        ng = np.linalg.norm(rg[valid], axis=1)
-        c = float(np.sum(np.where(ng <= huber_px, 0.5 * ng**2, huber_px * (ng - 0.5 * huber_px))))
+        c = huber_cost(np.linalg.norm(rg[valid], axis=1), huber_px)
         if rp is not None and vp is not None and photometric is not None:
-            a = np.abs(rp[vp]) / sp * huber_px
-            c += photometric.weight * float(np.sum(np.where(a <= huber_px, 0.5 * a**2, huber_px * (a - 0.5 * huber_px))))
+            c += photometric.weight * huber_cost(np.abs(rp[vp]) / sp * huber_px, huber_px)
         return c
 
     rg, valid, rp, vp = residuals(pose)
@@ -166,19 +194,16 @@ def solve_pose(
             wp = photometric.weight * huber_weights(rps, huber_px)
             h += np.einsum("m,mi,mj->ij", wp, jp * s, jp * s)
             g += np.einsum("m,mi,m->i", wp, jp * s, rps)
-        improved = False
-        for _ in range(6):
-            step = -np.linalg.solve(h + damping * (np.diag(np.diag(h)) + 1e-9 * np.eye(6)), g)
+        def evaluate(step: np.ndarray) -> tuple[float, tuple[Any, ...]]:
             candidate = _retract(pose, step)
-            rg_c, valid_c, rp_c, vp_c = residuals(candidate)
-            c = cost(rg_c, valid_c, rp_c, vp_c, sp)
-            if np.isfinite(c) and c <= current:
-                pose, rg, valid, rp, vp, current = candidate, rg_c, valid_c, rp_c, vp_c, c
-                damping = max(damping * 0.3, 1e-7)
-                improved = True
-                break
-            damping *= 10.0
-        if not improved or np.linalg.norm(step) < 1e-8:
+            res = residuals(candidate)
+            return cost(*res, sp), (candidate, *res)
+
+        state, step, damping, current = damped_step(h, g, damping, current, evaluate)
+        if state is None:
+            break
+        pose, rg, valid, rp, vp = state
+        if np.linalg.norm(step) < 1e-8:
             break
     errors = np.linalg.norm(rg[valid], axis=1)
     inliers = int(np.sum(errors < 3.0 * huber_px))
