@@ -24,14 +24,14 @@ RUNS: list[tuple[str, bool, bool]] = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .replay import add_config_arguments
+
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", default=",".join(str(i) for i in range(len(RUNS))),
                         help="comma-separated subset of the runs, by number: "
                         + "; ".join(f"{i} = {name}" for i, (name, _, _) in enumerate(RUNS)))
-    parser.add_argument("--config", type=Path, action="append", default=[], help="engine config overlay (YAML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one config parameter for every run (repeatable)")
+    add_config_arguments(parser, " for every run")
     parser.add_argument("--work", type=Path, default=None, help="keep sequences and outputs here (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .replay import add_config_arguments
+
     parser.add_argument("--frames", type=int, default=60, help="sequence length (default 60)")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", type=Path, action="append", default=[], help="engine config overlay (YAML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one config parameter (repeatable)")
+    add_config_arguments(parser)
     parser.add_argument("--profile", action="store_true", help="print the top functions by cumulative time")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
 

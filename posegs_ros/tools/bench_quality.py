@@ -28,12 +28,12 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .replay import add_config_arguments
+
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of: {', '.join(VARIANTS)}")
-    parser.add_argument("--config", type=Path, action="append", default=[], help="engine config overlay (YAML)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one config parameter for every variant (repeatable)")
+    add_config_arguments(parser, " for every variant")
     parser.add_argument("--work", type=Path, default=None, help="keep sequences and outputs here (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
 

@@ -35,12 +35,18 @@ GT_POSE_TOPIC = "/ground_truth/pose"
 GT_SHARP_TOPIC = "/ground_truth/image_sharp"
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, scope: str = "") -> None:
+    """``--config FILE`` (YAML overlays) and ``--set NAME=VALUE`` (single overrides), both
+    repeatable, read back by ``load_config(*args.config, overrides=parse_overrides(args.overrides))``."""
+    parser.add_argument("--config", type=Path, action="append", default=[], help="YAML config overlay (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"override one config parameter{scope}, e.g. --set blur.subframes=3 (repeatable)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", type=Path, help="rosbag2 directory (mcap or sqlite3)")
     parser.add_argument("--out", type=Path, required=True, help="output directory (must not exist, or use --force)")
-    parser.add_argument("--config", type=Path, action="append", default=[], help="YAML config overlay (repeatable)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one config parameter, e.g. --set blur.subframes=3 (repeatable)")
+    add_config_arguments(parser)
     parser.add_argument("--image-topic", default="/camera/image_raw", help="sensor_msgs/Image or CompressedImage topic")
     parser.add_argument("--camera-info-topic", default=None, help="default: camera_info beside the image topic")
     parser.add_argument("--max-frames", type=int, default=None, help="process at most this many images")
