@@ -180,7 +180,8 @@ def parameter_specs() -> list[ParameterSpec]:
     return specs
 
 
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+def nest_parameters(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted parameter names ``{"a.b": v}`` as a nested tree ``{"a": {"b": v}}``."""
     nested: dict[str, Any] = {}
     for name, value in flat.items():
         node = nested
@@ -209,7 +210,7 @@ def settings_from_parameters(values: Mapping[str, Any]) -> tuple[PosegsConfig, N
     unknown = sorted(set(node) - set(known))
     if unknown:
         raise ConfigError(f"unknown node parameter(s): {', '.join(ROS_PREFIX + n for n in unknown)}")
-    settings = config_from_dict(_nest(node), NodeSettings, ROS_PREFIX)
+    settings = config_from_dict(nest_parameters(node), NodeSettings, ROS_PREFIX)
     validate_node_settings(settings)
     return config, settings
 

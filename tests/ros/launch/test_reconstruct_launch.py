@@ -40,6 +40,7 @@ from posegs_ros.gaussians import read_ply  # noqa: E402
 from posegs_ros.io import transform_to_matrix  # noqa: E402
 from posegs_ros.msg import ReconstructionStatus  # noqa: E402
 from posegs_ros.ros.graph_env import isolate_ros_graph  # noqa: E402
+from posegs_ros.ros.params import nest_parameters  # noqa: E402
 from posegs_ros.srv import SaveMap  # noqa: E402
 
 isolate_ros_graph()  # before the launched processes inherit the environment
@@ -57,23 +58,12 @@ TEST_PARAMETERS: dict[str, Any] = {
 }
 
 
-def _nested(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in flat.items():
-        node = out
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def _inputs() -> Any:
     from posegs_ros.tools import synth
 
     sequence = synth.generate(synth.SynthConfig(frames=FRAMES, width=160, height=120, subframes=3, fps=10.0))
     synth.write(sequence, WORKDIR / "synth", storage="sqlite3")
-    body = yaml.safe_dump(_nested(TEST_PARAMETERS), default_flow_style=False)
+    body = yaml.safe_dump(nest_parameters(TEST_PARAMETERS), default_flow_style=False)
     params = "/**:\n  ros__parameters:\n" + "".join(f"    {line}\n" for line in body.splitlines())
     (WORKDIR / "params.yaml").write_text(params, encoding="utf-8")
     return sequence
