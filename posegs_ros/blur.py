@@ -26,6 +26,7 @@ __all__ = [
     "render_views",
     "render_exposure",
     "move_groups",
+    "group_subset",
     "ssim",
     "photometric_loss",
 ]
@@ -117,19 +118,38 @@ def render_views(scene: SceneTensors, cam_to_world: Tensor, k: Tensor, settings:
 
 
 def move_groups(scene: SceneTensors, group_transforms: dict[int, Tensor]) -> SceneTensors:
-    """The scene with every dynamic group's Gaussians moved by its ``[4, 4]`` object-to-map transform."""
-    if not group_transforms or scene.group_ids is None:
+    """The scene placed for one view: every dynamic group's Gaussians moved by its ``[4, 4]``
+    object-to-map transform, Gaussians of groups without a transform hidden (opacity 0: the
+    object is not known to be anywhere in that view).
+
+    The result has ``group_ids=None`` (everything is in map coordinates), so placing it again
+    or rendering it with :func:`render_exposure` without ``groups`` leaves it as it is.
+    """
+    if scene.group_ids is None:
         return scene
-    means, quats = scene.means, scene.quats
+    dynamic = scene.group_ids > 0
+    if not bool(dynamic.any()):
+        return SceneTensors(scene.means, scene.quats, scene.scales, scene.opacities, scene.colors, None)
+    means, quats, hidden = scene.means, scene.quats, dynamic
     for gid, m in group_transforms.items():
         sel = scene.group_ids == gid
         if not bool(sel.any()):
             continue
+        hidden = hidden & ~sel
         m = m.to(means.dtype)
         means = torch.where(sel[:, None], means @ m[:3, :3].T + m[:3, 3], means)
         rotated = rotmat_to_quat(m[:3, :3] @ quat_to_rotmat(quats))
         quats = torch.where(sel[:, None], rotated, quats)
-    return SceneTensors(means, quats, scene.scales, scene.opacities, scene.colors, scene.group_ids)
+    opacities = torch.where(hidden, torch.zeros_like(scene.opacities), scene.opacities) if bool(hidden.any()) else scene.opacities
+    return SceneTensors(means, quats, scene.scales, opacities, scene.colors, None)
+
+
+def group_subset(scene: SceneTensors, group: int) -> SceneTensors:
+    """Only the Gaussians of ``group`` (still with their group ids)."""
+    assert scene.group_ids is not None
+    sel = scene.group_ids == group
+    return SceneTensors(scene.means[sel], scene.quats[sel], scene.scales[sel], scene.opacities[sel],
+                        scene.colors[sel], scene.group_ids[sel])
 
 
 def render_exposure(
@@ -147,12 +167,13 @@ def render_exposure(
         pose: ``[4, 4]`` mid-exposure camera-to-map pose.
         twist: ``[6]`` exposure twist ``d`` (camera motion over the exposure, body frame).
         groups: motion group id -> (``M_g`` ``[4, 4]`` object-to-map at mid-exposure,
-            exposure twist ``e_g`` ``[6]``).  Without groups all views share one rasterizer call.
+            exposure twist ``e_g`` ``[6]``); groups not listed are hidden (:func:`move_groups`).
+            Without groups all views share one rasterizer call.
     """
     offsets = exposure_offsets(subframes, pose.dtype, pose.device)
     cams = exposure_poses(pose, twist, offsets)
     if not groups:
-        out = render_views(scene, cams, k, settings)
+        out = render_views(move_groups(scene, {}), cams, k, settings)
     else:
         outs = []
         for i, s in enumerate(offsets):

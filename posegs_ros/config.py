@@ -152,6 +152,12 @@ class DynamicConfig:
     merge_motion: float = _f(0.005, "groups moving less than this per frame (translation / scene depth + radians) merge back")
     merge_frames: int = _f(5, "frames a group must stay below merge_motion before it merges back")
     max_groups: int = _f(4, "cap on simultaneous motion groups")
+    spawn_depth_ratio: float = _f(
+        0.6, "a new group's depth as a fraction of the background depth around its region (monocular: an object's "
+        "depth and its motion are known only together; any depth in front of the background renders alike)")
+    track_groups: bool = _f(True, "track each group against its own Gaussians (rendered depth + flow) instead of "
+                            "frame-to-frame region flow, once it has them")
+    min_group_inliers: float = _f(0.5, "inlier ratio below which a group's tracking result is not trusted")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blur import RenderOutput, RenderSettings, SceneTensors, photometric_loss, render_exposure, render_views
+from .blur import RenderOutput, RenderSettings, SceneTensors, group_subset, move_groups, photometric_loss, render_exposure, render_views
 from .camera import unproject
 from .config import PosegsConfig
 from .gaussians import GaussianMap
@@ -104,6 +104,8 @@ class Mapper:
         """Add Gaussians at ``pixels`` ``[M, 2]`` of ``kf`` lifted to ``depth`` ``[M]``.
 
         Colours come from the keyframe's image; isotropic scales cover about ``stride`` pixels.
+        A motion group's Gaussians (``group_id > 0``) are stored in the group's frame, through
+        the keyframe's pose of that group.
         """
         ok = np.isfinite(depth) & (depth > 0)
         pixels, depth = pixels[ok], depth[ok]
@@ -115,6 +117,9 @@ class Mapper:
         cam = unproject(uv, z, k)
         pose = kf.pose
         world = cam @ pose[:3, :3].T + pose[:3, 3]
+        if group_id > 0:
+            m = kf.group_poses[group_id].detach().double()
+            world = (world - m[:3, 3]) @ m[:3, :3]
         h, w = kf.image.shape[:2]
         ui = uv[:, 0].round().long().clamp(0, w - 1)
         vi = uv[:, 1].round().long().clamp(0, h - 1)
@@ -283,9 +288,13 @@ class Mapper:
 
     # ---------------------------------------------------- densify and prune
     @torch.no_grad()
-    def render_sharp(self, kf: Keyframe) -> RenderOutput:
-        """Sharp render ``s = 0`` at the keyframe's current pose (rgb, depth, alpha, C = 1)."""
+    def render_sharp(self, kf: Keyframe, only_group: int | None = None) -> RenderOutput:
+        """Sharp render ``s = 0`` at the keyframe's current pose (rgb, depth, alpha, C = 1), motion
+        groups at the keyframe's poses of them; ``only_group``: that group's Gaussians alone."""
         scene = scene_tensors(self.gmap, detach=True)
+        if only_group is not None:
+            scene = group_subset(scene, only_group)
+        scene = move_groups(scene, {g: kf.current_group_pose(g).detach() for g in kf.group_poses})
         k = kf.intrinsics.matrix(torch.float64)
         return render_views(scene, kf.current_pose().detach()[None], k, self.render_settings(kf))
 
@@ -333,6 +342,60 @@ class Mapper:
         pick = transparent | wrong
         pixels = np.stack([us[pick], vs[pick]], 1).astype(np.float64)
         added = self.add_from_depth(kf, pixels, d[pick], stride=stride, opacity=0.5)
+        if kf.dynamic_mask is not None and kf.group_poses:
+            added += self._densify_groups(kf, us, vs, e, error, stride)
+        return added
+
+    @torch.no_grad()
+    def _densify_groups(self, kf: Keyframe, us: np.ndarray, vs: np.ndarray, err: np.ndarray, error: float,
+                        stride: int) -> int:
+        """Grow the motion groups where ``kf``'s moving-object mask shows more of them than
+        their Gaussians cover (a spinning object shows new sides) or where they explain it badly.
+
+        Samples ``us, vs`` ``[M]`` with render errors ``err`` ``[M]``: each masked sample goes to
+        the group whose render covers it most, else to the nearest group footprint; depth from
+        that group's render, else its median rendered depth.
+        """
+        groups = sorted(g for g in kf.group_poses if bool((self.gmap.group_ids == g).any()))
+        if not groups:
+            return 0
+        dyn = kf.dynamic_mask.numpy()[vs, us]
+        alphas, depths = [], []
+        for g in groups:
+            out = self.render_sharp(kf, only_group=g)
+            alphas.append(out.alpha[0, ..., 0].numpy())
+            depths.append(out.depth[0, ..., 0].numpy())
+        alpha = np.stack(alphas)  # [G, H, W]
+        a = alpha[:, vs, us]  # [G, M]
+        best = a.argmax(0)
+        covered = a.max(0)
+        pick = dyn & ((covered < self.cfg.mapping.densify_alpha) | (err > error))
+        if not pick.any():
+            return 0
+        footprint = alpha.max(0) > 0.5
+        if not footprint.any():
+            return 0
+        import cv2
+
+        # samples outside every footprint: the group of the nearest footprint pixel
+        _, labels = cv2.distanceTransformWithLabels((~footprint).astype(np.uint8), cv2.DIST_L2, 5,
+                                                    labelType=cv2.DIST_LABEL_PIXEL)
+        fy, fx = np.nonzero(footprint)
+        idx = labels[vs, us] - 1
+        nearest = alpha[:, fy[idx], fx[idx]].argmax(0)
+        owner = np.where(covered > 0.05, best, nearest)
+        added = 0
+        for i, g in enumerate(groups):
+            sel = pick & (owner == i)
+            if not sel.any():
+                continue
+            depth = depths[i]
+            known = (alphas[i] > 0.5) & np.isfinite(depth)
+            if not known.any():
+                continue
+            d = np.where(known[vs[sel], us[sel]], depth[vs[sel], us[sel]], float(np.median(depth[known])))
+            pixels = np.stack([us[sel], vs[sel]], 1).astype(np.float64)
+            added += self.add_from_depth(kf, pixels, d, stride=stride, opacity=0.5, group_id=g)
         return added
 
     @torch.no_grad()

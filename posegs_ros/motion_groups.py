@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from .blur import SceneTensors, move_groups
+from .blur import RenderSettings, SceneTensors, group_subset, move_groups, render_exposure, render_views
 from .camera import Intrinsics
 from .config import PosegsConfig
 from .dynamic import (
@@ -39,6 +39,7 @@ from .dynamic import (
     flow_disagreement,
     flow_target_inside,
     motion_from_region_flow,
+    object_motion,
     region_depth_fill,
     texture_mask,
     warp_mask,
@@ -47,7 +48,7 @@ from .flow import DenseFlow
 from .gaussians import GaussianMap
 from .geometry import se3_log
 
-__all__ = ["MotionGroup", "GroupObservation", "MotionGroups"]
+__all__ = ["MotionGroup", "GroupObservation", "MotionGroups", "GroupTrack", "track_group"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class MotionGroup:
     step: np.ndarray = field(default_factory=lambda: np.eye(4))  # [4, 4] last per-frame motion (map frame)
     twist: np.ndarray = field(default_factory=lambda: np.zeros(6))  # [6] exposure twist (group frame)
     frames: int = 0
+    depth: float = float("nan")  # depth its Gaussians were spawned at (first view)
 
 
 @dataclass
@@ -73,6 +75,95 @@ class GroupObservation:
     twists: dict[int, np.ndarray]  # group -> [6]
     spawned: list[int] = field(default_factory=list)
     merged: list[int] = field(default_factory=list)
+
+
+@dataclass
+class GroupTrack:
+    """One group tracked against its own Gaussians in one view."""
+
+    pose: np.ndarray  # [4, 4] M_g: group frame -> map, solved
+    inlier_ratio: float
+    num_points: int
+    visible: np.ndarray  # [H, W] bool: the group's unoccluded, opaque pixels at the solved pose
+    ok: bool  # solved with enough points
+
+
+@torch.no_grad()
+def track_group(
+    flow: DenseFlow,
+    image: np.ndarray,
+    intrinsics: Intrinsics,
+    camera_pose: np.ndarray,
+    scene: SceneTensors,
+    settings: RenderSettings,
+    group: int,
+    predicted: np.ndarray,
+    others: dict[int, np.ndarray] | None = None,
+    blur: tuple[np.ndarray, dict[int, np.ndarray], int] | None = None,
+    passes: int = 2,
+    stride: int = 2,
+    huber_px: float = 1.5,
+    min_points: int = 30,
+) -> GroupTrack:
+    """Track motion group ``group`` in one frame against its Gaussians (JOGS's step, for an object).
+
+    Render the view with the group at ``predicted`` ``[4, 4]``, flow render -> ``image``
+    ``[H, W, 3]`` uint8, lift the group's own pixels with its rendered depth and solve the
+    object's motion from the flowed pixels (:func:`posegs_ros.dynamic.object_motion`), ``passes``
+    times.  ``scene`` holds every Gaussian with group ids (not placed); ``others`` places the
+    other groups (group -> ``[4, 4]``; unlisted ones are hidden).  ``blur`` = (camera exposure
+    twist ``[6]``, group twists {group: ``[6]``}, odd sub-frame count) renders the blurred view
+    for the flow, like the observation; ``None`` renders it sharp.
+    """
+    k_t = intrinsics.matrix(torch.float64)
+    k = intrinsics.numpy()
+    cam = torch.from_numpy(camera_pose)
+    own = group_subset(scene, group)
+    h, w = settings.height, settings.width
+    pose = np.asarray(predicted, np.float64).copy()
+    placed = dict(others or {})
+    result = None
+    used = 0
+
+    def own_render(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = render_views(move_groups(own, {group: torch.from_numpy(m)}), cam[None], k_t, settings)
+        return out.alpha[0, ..., 0].numpy(), out.depth[0, ..., 0].numpy()
+
+    for _ in range(max(passes, 1)):
+        transforms = {g: torch.from_numpy(m) for g, m in placed.items()}
+        transforms[group] = torch.from_numpy(pose)
+        if blur is not None and blur[2] > 1 and blur[2] % 2 == 1:
+            twist, group_twists, subframes = blur
+            groups = {g: (m, torch.from_numpy(group_twists.get(g, np.zeros(6)))) for g, m in transforms.items()}
+            rgb_t, subs = render_exposure(scene, cam, torch.from_numpy(twist), k_t, settings, subframes, groups)
+            mid = subframes // 2
+            depth_all = subs.depth[mid, ..., 0].numpy()
+        else:
+            out = render_views(move_groups(scene, transforms), cam[None], k_t, settings)
+            rgb_t, depth_all = out.rgb[0], out.depth[0, ..., 0].numpy()
+        alpha_g, depth_g = own_render(pose)
+        visible = (alpha_g > 0.7) & np.isfinite(depth_g) & (depth_g > 0) & (depth_all > 0.9 * depth_g)
+        sel = np.zeros_like(visible)
+        sel[stride // 2 :: stride, stride // 2 :: stride] = True
+        vs, us = np.nonzero(visible & sel)
+        if len(us) < min_points:
+            break
+        fl = flow(rgb_t.clamp(0, 1).numpy(), image)
+        z = depth_g[vs, us].astype(np.float64)
+        pts_cam = np.stack([(us - k[0, 2]) / k[0, 0] * z, (vs - k[1, 2]) / k[1, 1] * z, z], 1)
+        points = pts_cam @ camera_pose[:3, :3].T + camera_pose[:3, 3]
+        targets = np.stack([us, vs], 1) + fl[vs, us].astype(np.float64)
+        inside = (targets[:, 0] >= 0) & (targets[:, 0] <= w - 1) & (targets[:, 1] >= 0) & (targets[:, 1] <= h - 1)
+        res = object_motion(points[inside], targets[inside], k, camera_pose, huber_px=huber_px, min_points=min_points)
+        if not res.ok:
+            break
+        pose = res.motion @ pose
+        result, used = res, int(inside.sum())
+    alpha_g, depth_g = own_render(pose)
+    visible = (alpha_g > 0.5) & np.isfinite(depth_g)
+    ok = result is not None and np.isfinite(pose).all()
+    return GroupTrack(pose if ok else np.asarray(predicted, np.float64).copy(),
+                      result.inlier_ratio if result is not None else 0.0, used, visible, ok)
 
 
 class MotionGroups:
@@ -119,6 +210,7 @@ class MotionGroups:
         gmap: GaussianMap,
         scene_scale: float,
         exposure_ratio: float,
+        settings: RenderSettings | None = None,
     ) -> GroupObservation:
         """Update detection and groups with a tracked frame.
 
@@ -127,6 +219,9 @@ class MotionGroups:
             pose: ``[4, 4]`` its solved camera-to-map pose.
             depth: ``[H, W]`` rendered depth of the map (with groups) at ``pose``.
             alpha: ``[H, W]`` rendered opacity at ``pose``.
+            settings: render settings of the frame; with them (and ``dynamic.track_groups``)
+                groups that already have Gaussians are tracked against them
+                (:func:`track_group`), the region flow being the fallback.
         """
         obs = GroupObservation(None, {}, {})
         prev, self._prev = self._prev, (image, pose, depth, alpha)
@@ -144,8 +239,12 @@ class MotionGroups:
         confirmed = [r for r in regions if r.confirmed]
         linked = {grp.region_id: grp for grp in self.groups.values()}
         mask = np.zeros(image.shape[:2], bool)
+        tracked: dict[int, GroupTrack] = {}
+        if settings is not None and self.cfg.dynamic.track_groups:
+            tracked = self._track_models(image, pose, intrinsics, gmap, settings, {r.id for r in confirmed})
         for region in confirmed:
             grp = linked.get(region.id)
+            depth_move = depth_prev
             if grp is None:
                 if len(self.groups) >= self.cfg.dynamic.max_groups:
                     continue
@@ -154,7 +253,13 @@ class MotionGroups:
                     continue
                 grp.region_id = region.id
                 obs.spawned.append(grp.group_id)
-            self._move(grp, region.mask, depth_prev, flow, k, pose_prev, pose, scene_scale, exposure_ratio)
+                depth_move = np.where(region.mask, np.float32(grp.depth), depth_prev)
+            track = tracked.get(grp.group_id)
+            if track is not None:
+                self._moved_to(grp, track.pose, exposure_ratio, self._centroid(gmap, grp))
+                mask |= track.visible
+            else:
+                self._move(grp, region.mask, depth_move, flow, k, pose_prev, pose, scene_scale, exposure_ratio)
             mask |= warp_mask(region.mask, flow)
         # groups whose region vanished keep moving at constant velocity for the segmenter's grace
         live = {r.id for r in regions}
@@ -185,24 +290,25 @@ class MotionGroups:
         gmap: GaussianMap,
     ) -> MotionGroup | None:
         """New group from a region of the previous frame (group frame = map frame at that time)."""
-        # depth: what the map renders there (the object, if it was mapped before it moved; else
-        # the background), unknown pixels filled from the region's surroundings
-        try:
-            filled = region_depth_fill(depth, region, only_unknown=True)
-        except ValueError:
-            return None
+        # depth: monocular, a new object's depth is unknown and only its product with the object's
+        # motion is observed; a plane at spawn_depth_ratio of the background depth around the
+        # region keeps the object in front of what it occludes (the motion solved with it
+        # absorbs the scale)
         k = intrinsics.numpy()
         ys, xs = np.nonzero(region)
         if len(xs) < self.cfg.dynamic.min_region_px:
             return None
+        try:
+            background = float(np.median(region_depth_fill(np.where(region, np.nan, depth), region)[region]))
+        except ValueError:
+            return None
         stride = 2
         keep = (ys % stride == 0) & (xs % stride == 0)
         ys, xs = ys[keep], xs[keep]
-        z = filled[ys, xs].astype(np.float64)
+        z = np.full(len(xs), self.cfg.dynamic.spawn_depth_ratio * background)
         cam = np.stack([(xs - k[0, 2]) / k[0, 0] * z, (ys - k[1, 2]) / k[1, 1] * z, z], 1)
         world = cam @ pose[:3, :3].T + pose[:3, 3]
-        ring = region_depth_fill(np.where(region, np.nan, depth), region)[region]
-        self._remove_static_inside(region, float(np.median(ring)), pose, k, gmap)
+        self._remove_static_inside(region, background, pose, k, gmap)
         g = self._next_id
         self._next_id += 1
         rgb = torch.from_numpy(image[ys, xs].astype(np.float32) / 255.0)
@@ -210,7 +316,7 @@ class MotionGroups:
         added = gmap.add(torch.from_numpy(world).float(), rgb, scale, opacities=0.8, group_ids=g)
         if added == 0:
             return None
-        grp = MotionGroup(group_id=g, region_id=-1, pose=np.eye(4))
+        grp = MotionGroup(group_id=g, region_id=-1, pose=np.eye(4), depth=float(z[0]))
         self.groups[g] = grp
         log.info("motion group %d spawned: %d Gaussians at depth %.2f", g, added, float(np.median(z)))
         return grp
@@ -239,6 +345,47 @@ class MotionGroups:
         if remove.any():
             gmap.remove(torch.from_numpy(remove))
 
+    def _track_models(self, image: np.ndarray, pose: np.ndarray, intrinsics: Intrinsics, gmap: GaussianMap,
+                      settings: RenderSettings, live_regions: set[int]) -> dict[int, GroupTrack]:
+        """Track every group with a live region against its own Gaussians (trusted results only)."""
+        from .mapping import scene_tensors
+
+        scene = scene_tensors(gmap, detach=True)
+        predicted = {g: grp.step @ grp.pose for g, grp in self.groups.items()}
+        out: dict[int, GroupTrack] = {}
+        for g, grp in self.groups.items():
+            if grp.region_id not in live_regions:
+                continue
+            others = {o: m for o, m in predicted.items() if o != g}
+            track = track_group(self.flow, image, intrinsics, pose, scene, settings, g, predicted[g], others,
+                                passes=self.cfg.tracking.flow_passes, huber_px=self.cfg.tracking.huber_px)
+            if track.ok and track.inlier_ratio >= self.cfg.dynamic.min_group_inliers:
+                out[g] = track
+            else:
+                log.debug("group %d: model tracking not trusted (inliers %.2f, %d points)", g,
+                          track.inlier_ratio, track.num_points)
+        return out
+
+    @staticmethod
+    def _centroid(gmap: GaussianMap, grp: MotionGroup) -> np.ndarray:
+        """``[3]`` centre of the group's Gaussians in the map at its current pose."""
+        sel = gmap.group_ids == grp.group_id
+        c = gmap.means.detach()[sel].double().mean(0).numpy() if bool(sel.any()) else np.zeros(3)
+        return grp.pose[:3, :3] @ c + grp.pose[:3, 3]
+
+    def _moved_to(self, grp: MotionGroup, new_pose: np.ndarray, exposure_ratio: float,
+                  centroid: np.ndarray | None) -> None:
+        """Set the group's pose for this frame (step and exposure twist follow); a measured motion
+        (``centroid`` ``[3]`` given: the group's centre in the map) enters the merge history."""
+        step = new_pose @ np.linalg.inv(grp.pose)
+        if centroid is not None:
+            self.history.add(grp.group_id, step, centroid)
+        grp.step = step
+        rel = np.linalg.inv(grp.pose) @ new_pose  # motion in the group frame
+        grp.twist = se3_log(torch.from_numpy(rel)).numpy() * exposure_ratio
+        grp.pose = new_pose
+        grp.frames += 1
+
     def _move(self, grp: MotionGroup, region: np.ndarray, depth_prev: np.ndarray, flow: np.ndarray,
               k: np.ndarray, pose_prev: np.ndarray, pose: np.ndarray, scene_scale: float, exposure_ratio: float) -> None:
         depth = depth_prev
@@ -250,17 +397,10 @@ class MotionGroups:
         result = None
         if depth is not None:
             result = motion_from_region_flow(depth, region, flow, k, pose_prev, pose, init=grp.step)
-        if result is not None and result.ok and result.inlier_ratio > 0.5:
-            step = result.motion
-            self.history.add(grp.group_id, step, result.centroid)
-        else:
-            step = grp.step  # constant velocity
-        grp.step = step
-        new_pose = step @ grp.pose
-        rel = np.linalg.inv(grp.pose) @ new_pose  # motion in the group frame
-        grp.twist = se3_log(torch.from_numpy(rel)).numpy() * exposure_ratio
-        grp.pose = new_pose
-        grp.frames += 1
+        if result is not None and result.ok and result.inlier_ratio > self.cfg.dynamic.min_group_inliers:
+            self._moved_to(grp, result.motion @ grp.pose, exposure_ratio, result.centroid)
+        else:  # constant velocity (not evidence of motion: the history is left alone)
+            self._moved_to(grp, grp.step @ grp.pose, exposure_ratio, None)
 
     @torch.no_grad()
     def _merge(self, g: int, gmap: GaussianMap, reason: str) -> None:

@@ -34,7 +34,7 @@ from .gaussians import GaussianMap
 from .initialization import TwoViewResult, grid_samples, triangulate, try_two_view
 from .keyframes import Keyframe, KeyframeDecision, add_to_window, choose_replay, decide_keyframe
 from .mapping import Mapper, MappingStats, scene_tensors
-from .motion_groups import MotionGroups
+from .motion_groups import MotionGroups, track_group
 from .tracking import Tracker, TrackingResult, initial_twist, predict_constant_velocity, twist_units
 
 __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
@@ -434,6 +434,7 @@ class Reconstructor:
         obs = self.motion.observe(
             frame.image, res.pose, res.render.depth[0, ..., 0].numpy(), res.render.alpha[0, ..., 0].numpy(),
             frame.intrinsics, self.gmap, self.mapper.scene_scale, self.config.blur.exposure_ratio,
+            self._settings(frame.intrinsics),
         )
         record.group_poses, record.group_twists, record.dynamic_mask = obs.poses, obs.twists, obs.mask
         self.counters.groups_spawned += len(obs.spawned)
@@ -585,6 +586,7 @@ class Reconstructor:
         frames = [v for _, v in views]
         rounds = max(self.config.mapping.final_rounds, 1)
         stats = MappingStats()
+        self._retrack_groups(frames)  # online group poses come from frame-to-frame flow: refit first
         for r in range(rounds):
             part = self.mapper.refine_all(frames, iters // rounds + (1 if r < iters % rounds else 0))
             stats.iterations += part.iterations
@@ -594,19 +596,27 @@ class Reconstructor:
             stats.final_loss = part.final_loss
             if self.config.mapping.optimize_poses:
                 self._retrack(frames)
+        records = {rec.index: rec for rec in self._records}
         for rec, view in views:
             if rec is not None:  # a non-keyframe view: its own refined pose from now on
                 rec.absolute, rec.reference, rec.relative = view.numpy_pose(), None, None
                 rec.twist = view.twist().detach().numpy()
+            rec = records.get(view.frame_index) if rec is None else rec
+            if rec is not None:
                 rec.group_poses = {g: m.detach().numpy().copy() for g, m in view.group_poses.items()}
+                rec.group_twists = {g: e.detach().numpy().copy() for g, e in view.group_twists.items()}
+                if view.dynamic_mask is not None:
+                    rec.dynamic_mask = view.dynamic_mask.numpy().copy()
         return stats
 
     def _retrack(self, views: list[Keyframe]) -> None:
-        """JOGS's pose step against the refined map: flow-lifted Gauss-Newton for every view."""
-        scene = self._scene()
+        """JOGS's pose step against the refined map: flow-lifted Gauss-Newton for every view's
+        camera (motion groups placed at the view's own poses of them), then every motion group."""
+        base = scene_tensors(self.gmap, detach=True)
         for view in views:
             if view.fixed:
                 continue
+            scene = move_groups(base, {g: m.detach() for g, m in view.group_poses.items()})
             image = (view.image.numpy() * 255 + 0.5).astype(np.uint8)
             exclude = view.dynamic_mask.numpy() if view.dynamic_mask is not None else None
             res = self.tracker.track(
@@ -616,6 +626,58 @@ class Reconstructor:
             )
             if not res.lost and np.isfinite(res.pose).all():
                 view.pose = torch.from_numpy(res.pose.copy())
+        self._retrack_groups(views)
+
+    def _retrack_groups(self, views: list[Keyframe]) -> None:
+        """Track every motion group in every view against its Gaussians (:func:`track_group`),
+        walking forward in time from the first view that placed it, then backward from there:
+        the walk also carries a group into views around the ones it was detected in (before its
+        detection, after its region was lost) for as long as tracking holds."""
+        if self.motion is None:
+            return
+        base = scene_tensors(self.gmap, detach=True)
+        present = sorted(int(g) for g in torch.unique(self.gmap.group_ids).tolist() if g > 0)
+        dyn = self.config.dynamic
+        subframes = self.mapper.subframes() | 1
+        ratio = self.config.blur.exposure_ratio
+        for g in present:
+            seen = [i for i, v in enumerate(views) if g in v.group_poses]
+            if not seen:
+                continue
+            for walk in (range(seen[0], len(views)), range(seen[0] - 1, -1, -1)):
+                history = [] if walk.start == seen[0] else [views[seen[0]].group_poses[g].detach().numpy()]
+                for i in walk:
+                    view = views[i]
+                    known = g in view.group_poses
+                    if known:
+                        pred = view.group_poses[g].detach().numpy()
+                    elif len(history) >= 2:
+                        pred = predict_constant_velocity(history[-1], history[-2])
+                    elif history:
+                        pred = history[-1]
+                    else:
+                        break
+                    others = {o: m.detach().numpy() for o, m in view.group_poses.items() if o != g}
+                    twists = {o: e.detach().numpy() for o, e in view.group_twists.items()}
+                    if not known and history:
+                        twists[g] = initial_twist(*((history[-1], pred) if walk.step > 0 else (pred, history[-1])), ratio)
+                    track = track_group(
+                        self.flow, (view.image.numpy() * 255 + 0.5).astype(np.uint8), view.intrinsics,
+                        view.numpy_pose(), base, self._settings(view.intrinsics), g, pred, others,
+                        blur=(view.twist().detach().numpy(), twists, subframes),
+                        passes=self.config.tracking.flow_passes, huber_px=self.config.tracking.huber_px,
+                    )
+                    if track.ok and track.inlier_ratio >= dyn.min_group_inliers:
+                        view.group_poses[g] = torch.from_numpy(track.pose.copy())
+                        if g not in view.group_twists:
+                            view.group_twists[g] = torch.from_numpy(twists.get(g, np.zeros(6)).copy())
+                        mask = torch.from_numpy(track.visible)
+                        view.dynamic_mask = mask if view.dynamic_mask is None else view.dynamic_mask | mask
+                        history.append(track.pose)
+                    elif known:
+                        history.append(pred)
+                    else:
+                        break  # the group left the view (or cannot be followed): stop this walk
 
     # -------------------------------------------------------------- outputs
     def _store_pose(self, rec: _FrameRecord, pose: np.ndarray, state: TrackingState, reference: int | None) -> None:
@@ -672,14 +734,13 @@ class Reconstructor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sharp render of the map: RGB ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (NaN = empty).
 
-        ``group_poses``: where each motion group is (group -> ``[4, 4]``); groups not given stay
-        in their own frame.
+        ``group_poses``: where each motion group is (group -> ``[4, 4]``); groups not given are
+        not rendered.
         """
         from .blur import render_views
 
         scene = scene_tensors(self.gmap, detach=True)
-        if group_poses:
-            scene = move_groups(scene, {g: torch.from_numpy(m) for g, m in group_poses.items()})
+        scene = move_groups(scene, {g: torch.from_numpy(m) for g, m in (group_poses or {}).items()})
         out = render_views(scene, torch.from_numpy(pose)[None], intrinsics.matrix(torch.float64), self._settings(intrinsics))
         rgb = (out.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         depth = out.depth[0, ..., 0].cpu().numpy().astype(np.float32)
