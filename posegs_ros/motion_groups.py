@@ -104,6 +104,7 @@ def track_group(
     stride: int = 2,
     huber_px: float = 1.5,
     min_points: int = 30,
+    erode_px: int = 3,
 ) -> GroupTrack:
     """Track motion group ``group`` in one frame against its Gaussians (JOGS's step, for an object).
 
@@ -113,7 +114,9 @@ def track_group(
     times.  ``scene`` holds every Gaussian with group ids (not placed); ``others`` places the
     other groups (group -> ``[4, 4]``; unlisted ones are hidden).  ``blur`` = (camera exposure
     twist ``[6]``, group twists {group: ``[6]``}, odd sub-frame count) renders the blurred view
-    for the flow, like the observation; ``None`` renders it sharp.
+    for the flow, like the observation; ``None`` renders it sharp.  The group's pixels are
+    eroded by ``erode_px`` (kept whole when that leaves less than a quarter), sampled every
+    ``stride``.
     """
     k_t = intrinsics.matrix(torch.float64)
     k = intrinsics.numpy()
@@ -143,6 +146,10 @@ def track_group(
             rgb_t, depth_all = out.rgb[0], out.depth[0, ..., 0].numpy()
         alpha_g, depth_g = own_render(pose)
         visible = (alpha_g > 0.7) & np.isfinite(depth_g) & (depth_g > 0) & (depth_all > 0.9 * depth_g)
+        # dense flow smears the background's motion a few pixels into the object's border
+        inner = cv2.erode(visible.astype(np.uint8), np.ones((2 * erode_px + 1,) * 2, np.uint8)).astype(bool)
+        if inner.sum() >= visible.sum() // 4:
+            visible = inner
         sel = np.zeros_like(visible)
         sel[stride // 2 :: stride, stride // 2 :: stride] = True
         vs, us = np.nonzero(visible & sel)

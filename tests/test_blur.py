@@ -98,3 +98,29 @@ def test_loss_and_ssim_basics() -> None:
     half[20:] = 0.0  # differences only outside the mask
     assert photometric_loss(half, img, ssim_weight=0.0, mask=mask).item() == pytest.approx(0.0, abs=1e-7)
     assert math.isfinite(photometric_loss(noisy, img, ssim_weight=0.0, mask=torch.zeros(40, 50, dtype=torch.bool)).item())
+
+
+def test_groups_without_a_pose_are_hidden_and_placed_scenes_stay_put() -> None:
+    from posegs_ros.blur import group_subset, move_groups
+
+    scene = textured_wall(groups=True)
+    settings = RenderSettings(INTR.width, INTR.height)
+    k = INTR.matrix(torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    zero = torch.zeros(6, dtype=torch.float64)
+    # no pose for group 1 in this view: only the static part is drawn
+    hidden, _ = render_exposure(scene, pose, zero, k, settings, subframes=1)
+    static = scene.group_ids == 0
+    only_static = SceneTensors(scene.means[static], scene.quats[static], scene.scales[static],
+                               scene.opacities[static], scene.colors[static], None)
+    assert torch.allclose(hidden, render_views(only_static, pose[None], k, settings).rgb[0], atol=1e-6)
+    # a placed scene has no group ids left: rendering it again does not move or hide anything
+    move = torch.eye(4, dtype=torch.float64)
+    move[0, 3] = -0.2
+    placed = move_groups(scene, {1: move})
+    assert placed.group_ids is None
+    again, _ = render_exposure(placed, pose, zero, k, settings, subframes=1)
+    assert torch.allclose(again, render_views(placed, pose[None], k, settings).rgb[0], atol=1e-6)
+    # the subset of one group keeps its ids
+    sub = group_subset(scene, 1)
+    assert sub.means.shape[0] == int((scene.group_ids == 1).sum()) and bool((sub.group_ids == 1).all())

@@ -83,3 +83,36 @@ def test_prune_and_sanitize(small_sequence) -> None:
     assert gmap.sanitize() == 1
     assert len(gmap) == n - 13
     assert all(torch.isfinite(p).all() for p in gmap.params.values())
+
+
+def test_densify_grows_a_motion_group_in_its_own_frame(small_sequence) -> None:
+    """Pixels of the moving-object mask the group does not cover get Gaussians of that group,
+    stored in the group's frame: moved by the keyframe's group pose they land in the mask."""
+    cfg = apply_flat(PosegsConfig(), {})
+    gmap, mapper, kf = seeded(small_sequence, cfg)
+    f0 = small_sequence.frames[0]
+    h, w = f0.depth.shape
+    k = small_sequence.intrinsics.numpy()
+    # a group: Gaussians lifted from the left part of a box region, in a group frame that is the
+    # map moved by m (so its Gaussians are stored at inv(m) x)
+    m = np.eye(4)
+    m[:3, 3] = [0.05, -0.02, 0.03]
+    kf.group_poses = {1: torch.from_numpy(m)}
+    mask = np.zeros((h, w), bool)
+    mask[30:70, 40:90] = True
+    vs, us = np.mgrid[30:70:2, 40:60:2]
+    mapper.add_from_depth(kf, np.stack([us.ravel(), vs.ravel()], 1).astype(float),
+                          0.8 * f0.depth[vs.ravel(), us.ravel()].astype(float), stride=2.0, group_id=1)
+    before = int((gmap.group_ids == 1).sum())
+    kf.dynamic_mask = torch.from_numpy(mask)
+    added = mapper.densify(kf, stride=2)
+    ids = gmap.group_ids.numpy()
+    assert added > 0 and int((ids == 1).sum()) > before
+    new = gmap.means.detach().double().numpy()[ids == 1][before:]
+    world = new @ m[:3, :3].T + m[:3, 3]
+    x = (world - f0.pose[:3, 3]) @ f0.pose[:3, :3]
+    u = k[0, 0] * x[:, 0] / x[:, 2] + k[0, 2]
+    v = k[1, 1] * x[:, 1] / x[:, 2] + k[1, 2]
+    inside = mask[np.clip(np.round(v).astype(int), 0, h - 1), np.clip(np.round(u).astype(int), 0, w - 1)]
+    assert inside.mean() > 0.95
+    assert (u > 60).mean() > 0.5  # mostly the uncovered right part of the mask
