@@ -133,13 +133,14 @@ def move_groups(scene: SceneTensors, group_transforms: dict[int, Tensor]) -> Sce
     means, quats, hidden = scene.means, scene.quats, dynamic
     for gid, m in group_transforms.items():
         sel = scene.group_ids == gid
-        if not bool(sel.any()):
+        idx = torch.nonzero(sel).squeeze(1)
+        if idx.numel() == 0:
             continue
         hidden = hidden & ~sel
         m = m.to(means.dtype)
-        means = torch.where(sel[:, None], means @ m[:3, :3].T + m[:3, 3], means)
-        rotated = rotmat_to_quat(m[:3, :3] @ quat_to_rotmat(quats))
-        quats = torch.where(sel[:, None], rotated, quats)
+        # only the group's rows are transformed (out of place, so gradients reach both parts)
+        means = means.index_put((idx,), means[idx] @ m[:3, :3].T + m[:3, 3])
+        quats = quats.index_put((idx,), rotmat_to_quat(m[:3, :3] @ quat_to_rotmat(quats[idx])))
     opacities = torch.where(hidden, torch.zeros_like(scene.opacities), scene.opacities) if bool(hidden.any()) else scene.opacities
     return SceneTensors(means, quats, scene.scales, opacities, scene.colors, None)
 

@@ -646,6 +646,7 @@ class Reconstructor:
                 continue
             for walk in (range(seen[0], len(views)), range(seen[0] - 1, -1, -1)):
                 history = [] if walk.start == seen[0] else [views[seen[0]].group_poses[g].detach().numpy()]
+                last_twist = views[seen[0]].group_twists.get(g, torch.zeros(6, dtype=torch.float64)).detach().numpy()
                 for i in walk:
                     view = views[i]
                     known = g in view.group_poses
@@ -659,8 +660,9 @@ class Reconstructor:
                         break
                     others = {o: m.detach().numpy() for o, m in view.group_poses.items() if o != g}
                     twists = {o: e.detach().numpy() for o, e in view.group_twists.items()}
-                    if not known and history:
-                        twists[g] = initial_twist(*((history[-1], pred) if walk.step > 0 else (pred, history[-1])), ratio)
+                    if not known:  # exposure twist from the walk's velocity (the last one's at its start)
+                        ends = (history[-1], pred) if walk.step > 0 else (pred, history[-1])
+                        twists[g] = initial_twist(*ends, ratio) if len(history) >= 2 else last_twist
                     track = track_group(
                         self.flow, (view.image.numpy() * 255 + 0.5).astype(np.uint8), view.intrinsics,
                         view.numpy_pose(), base, self._settings(view.intrinsics), g, pred, others,
@@ -674,6 +676,7 @@ class Reconstructor:
                         mask = torch.from_numpy(track.visible)
                         view.dynamic_mask = mask if view.dynamic_mask is None else view.dynamic_mask | mask
                         history.append(track.pose)
+                        last_twist = view.group_twists[g].detach().numpy()
                     elif known:
                         history.append(pred)
                     else:

@@ -148,3 +148,24 @@ def test_track_group_recovers_a_known_object_motion(moving_box) -> None:
     assert error < 0.6 and error < 0.2 * moved  # on par with DIS flow between the two true images
     # the visible mask is where the box is in frame b
     assert iou(track.visible, b.mask) > 0.7
+
+
+def test_final_refinement_carries_a_group_to_the_frames_before_its_detection(moving_box, fast_config) -> None:
+    """Offline, the group detected late (after initialization + persistence) is tracked back
+    through the earlier frames: every frame gets a pose of it and a mask that overlaps the box."""
+    from posegs_ros.pipeline import Frame, Reconstructor
+
+    cfg = apply_flat(fast_config, {"dynamic.enabled": True, "init.min_parallax_px": 2.5})
+    engine = Reconstructor(cfg, keep_frames=True)
+    results = [engine.process(Frame(f.blurred, f.stamp, moving_box.intrinsics, f.index)) for f in moving_box.frames]
+    detected = [r.index for r in results if r.group_poses]
+    assert detected, "the box was not detected online"
+    engine.finalize(20)
+    traj = engine.trajectory()
+    before = [p for p in traj if p.index < detected[0]]
+    assert before, "no tracked frame precedes the detection"
+    for p in traj:
+        assert p.group_poses and all(np.isfinite(m).all() for m in p.group_poses.values())
+        assert p.dynamic_mask is not None
+        assert iou(p.dynamic_mask, moving_box.frames[p.index].mask) > 0.3
+    assert np.mean([iou(p.dynamic_mask, moving_box.frames[p.index].mask) for p in before]) > 0.45
