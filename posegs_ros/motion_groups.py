@@ -48,7 +48,7 @@ from .flow import DenseFlow
 from .gaussians import GaussianMap
 from .geometry import se3_log
 
-__all__ = ["MotionGroup", "GroupObservation", "MotionGroups", "GroupTrack", "track_group"]
+__all__ = ["MotionGroup", "GroupObservation", "MotionGroups", "GroupTrack", "track_group", "exclusion_margin"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,15 @@ class GroupObservation:
     twists: dict[int, np.ndarray]  # group -> [6]
     spawned: list[int] = field(default_factory=list)
     merged: list[int] = field(default_factory=list)
+
+
+EXCLUSION_MARGIN_PX = 4  # about half a moving object's blur plus the flow's smear around it
+
+
+def exclusion_margin(mask: np.ndarray, px: int = EXCLUSION_MARGIN_PX) -> np.ndarray:
+    """``mask`` ``[H, W]`` bool grown by ``px`` pixels: what camera tracking leaves out around
+    moving objects (their blur and the flow smeared across their border reach beyond them)."""
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * px + 1, 2 * px + 1), np.uint8)).astype(bool)
 
 
 @dataclass
@@ -199,8 +208,7 @@ class MotionGroups:
         moving-object mask pushed along the last flow and dilated (None without objects)."""
         if self._mask is None or not self._mask.any():
             return None
-        predicted = warp_mask(self._mask, self._last_flow) | self._mask
-        return cv2.dilate(predicted.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+        return exclusion_margin(warp_mask(self._mask, self._last_flow) | self._mask)
 
     def scene(self, scene: SceneTensors) -> SceneTensors:
         """``scene`` with every group's Gaussians at its latest pose."""

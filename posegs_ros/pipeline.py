@@ -34,7 +34,7 @@ from .gaussians import GaussianMap
 from .initialization import TwoViewResult, grid_samples, triangulate, try_two_view
 from .keyframes import Keyframe, KeyframeDecision, add_to_window, choose_replay, decide_keyframe
 from .mapping import Mapper, MappingStats, scene_tensors
-from .motion_groups import MotionGroups, track_group
+from .motion_groups import MotionGroups, exclusion_margin, track_group
 from .tracking import Tracker, TrackingResult, initial_twist, predict_constant_velocity, twist_units
 
 __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
@@ -618,7 +618,7 @@ class Reconstructor:
                 continue
             scene = move_groups(base, {g: m.detach() for g, m in view.group_poses.items()})
             image = (view.image.numpy() * 255 + 0.5).astype(np.uint8)
-            exclude = view.dynamic_mask.numpy() if view.dynamic_mask is not None else None
+            exclude = exclusion_margin(view.dynamic_mask.numpy()) if view.dynamic_mask is not None else None
             res = self.tracker.track(
                 image, view.image, view.intrinsics, view.numpy_pose(), view.twist().detach().numpy(), scene,
                 self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self.mapper.scene_scale,
