@@ -161,6 +161,7 @@ def render_exposure(
     settings: RenderSettings,
     subframes: int,
     groups: dict[int, tuple[Tensor, Tensor]] | None = None,
+    camera_from_static: bool = True,
 ) -> tuple[Tensor, RenderOutput]:
     """Predicted blurred observation ``[H, W, 3]`` and the sub-frame renders.
 
@@ -170,6 +171,11 @@ def render_exposure(
         groups: motion group id -> (``M_g`` ``[4, 4]`` object-to-map at mid-exposure,
             exposure twist ``e_g`` ``[6]``); groups not listed are hidden (:func:`move_groups`).
             Without groups all views share one rasterizer call.
+        camera_from_static: the camera pose and twist get gradients from the static Gaussians
+            only: each group is also moved by ``C(s) inv(C(s))`` with the second factor
+            detached (the identity in value), so its Gaussians move with the camera and their
+            pixels inform the object's pose, not the camera's -- as camera tracking ignores
+            moving objects.
     """
     offsets = exposure_offsets(subframes, pose.dtype, pose.device)
     cams = exposure_poses(pose, twist, offsets)
@@ -178,7 +184,11 @@ def render_exposure(
     else:
         outs = []
         for i, s in enumerate(offsets):
-            moved = move_groups(scene, {g: exposure_poses(m, e, s[None])[0] for g, (m, e) in groups.items()})
+            follow = cams[i] @ se3_inverse(cams[i].detach()) if camera_from_static and cams.requires_grad else None
+            placed = {g: exposure_poses(m, e, s[None])[0] for g, (m, e) in groups.items()}
+            if follow is not None:
+                placed = {g: follow @ m for g, m in placed.items()}
+            moved = move_groups(scene, placed)
             outs.append(render_views(moved, cams[i : i + 1], k, settings))
         out = RenderOutput(*(torch.cat([getattr(o, f) for o in outs], 0) for f in ("rgb", "depth", "alpha")))
     return out.rgb.mean(0), out
