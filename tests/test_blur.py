@@ -124,3 +124,30 @@ def test_groups_without_a_pose_are_hidden_and_placed_scenes_stay_put() -> None:
     # the subset of one group keeps its ids
     sub = group_subset(scene, 1)
     assert sub.means.shape[0] == int((scene.group_ids == 1).sum()) and bool((sub.group_ids == 1).all())
+
+
+def test_camera_gradients_come_from_static_gaussians_only() -> None:
+    """With camera_from_static (default) a moving group renders the same but gives the camera
+    pose and exposure twist no gradient: a scene made only of a group leaves them at zero."""
+    from posegs_ros.geometry import se3_exp
+
+    wall = textured_wall(groups=True)
+    only_group = SceneTensors(wall.means, wall.quats, wall.scales, wall.opacities, wall.colors,
+                              torch.ones_like(wall.group_ids))
+    settings = RenderSettings(INTR.width, INTR.height)
+    k = INTR.matrix(torch.float64)
+    m = torch.eye(4, dtype=torch.float64)
+    m[1, 3] = 0.05
+    group_twist = torch.tensor([0.0, 0.01, 0.0, 0.0, 0.0, 0.02], dtype=torch.float64)
+    images, grads = [], []
+    for follow in (True, False):
+        delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+        twist = torch.tensor([0.01, 0.0, 0.0, 0.0, 0.01, 0.0], dtype=torch.float64, requires_grad=True)
+        img, _ = render_exposure(only_group, se3_exp(delta), twist, k, settings, 3, groups={1: (m, group_twist)},
+                                 camera_from_static=follow)
+        img.sum().backward()
+        images.append(img.detach())
+        grads.append(torch.cat([delta.grad, twist.grad]))
+    assert torch.allclose(images[0], images[1], atol=1e-6)
+    assert grads[1].abs().max() > 1.0  # without it the object pulls the camera
+    assert grads[0].abs().max() < 1e-3 * grads[1].abs().max()
