@@ -48,6 +48,7 @@ __all__ = [
     "ObjectMotionResult",
     "object_motion",
     "motion_from_region_flow",
+    "motion_from_flowed_pixels",
     "region_depth_fill",
     "motion_magnitude",
     "should_merge",
@@ -672,14 +673,43 @@ def motion_from_region_flow(
     if len(xs) > max_points:
         pick = np.linspace(0, len(xs) - 1, max_points).round().astype(np.int64)
         ys, xs, z, f = ys[pick], xs[pick], z[pick], f[pick]
+    return motion_from_flowed_pixels(xs, ys, z, f, (w, h), k, pose_prev, pose_curr, init=init, huber_px=huber_px,
+                                     iterations=iterations, dof=dof, edge_px=0.5)
+
+
+def motion_from_flowed_pixels(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    z: np.ndarray,
+    flow_at: np.ndarray,
+    size: tuple[int, int],
+    k: np.ndarray,
+    pose_from: np.ndarray,
+    pose_to: np.ndarray,
+    init: np.ndarray | None = None,
+    huber_px: float = 1.5,
+    iterations: int = 20,
+    min_points: int = 12,
+    dof: str = "se3",
+    edge_px: float = 0.5,
+) -> ObjectMotionResult:
+    """Object motion from pixels ``xs, ys`` ``[M]`` of the ``from`` view at depths ``z`` ``[M]``
+    and their flow ``flow_at`` ``[M, 2]`` into the ``to`` view (image ``size`` = (width, height)).
+
+    The pixels are lifted with ``pose_from`` to map points, moved by their flow to target pixels
+    (kept when within ``edge_px`` of the outer pixel centres) and :func:`object_motion` solves
+    the motion seen from ``pose_to``.
+    """
+    w, h = size
     k = np.asarray(k, np.float64)
     cam = np.stack([(xs - k[0, 2]) / k[0, 0] * z, (ys - k[1, 2]) / k[1, 1] * z, z], axis=1)
-    pp = np.asarray(pose_prev, np.float64)
+    pp = np.asarray(pose_from, np.float64)
     points = cam @ pp[:3, :3].T + pp[:3, 3]
-    targets = np.stack([xs, ys], axis=1) + f
-    inside = (targets[:, 0] >= -0.5) & (targets[:, 0] <= w - 0.5) & (targets[:, 1] >= -0.5) & (targets[:, 1] <= h - 0.5)
-    return object_motion(points[inside], targets[inside], k, pose_curr, init=init, huber_px=huber_px,
-                         iterations=iterations, dof=dof)
+    targets = np.stack([xs, ys], axis=1) + np.asarray(flow_at, np.float64)
+    inside = ((targets[:, 0] >= -edge_px) & (targets[:, 0] <= w - 1 + edge_px)
+              & (targets[:, 1] >= -edge_px) & (targets[:, 1] <= h - 1 + edge_px))
+    return object_motion(points[inside], targets[inside], k, pose_to, init=init, huber_px=huber_px,
+                         iterations=iterations, min_points=min_points, dof=dof)
 
 
 # --------------------------------------------------------------------------------------------

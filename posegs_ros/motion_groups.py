@@ -38,8 +38,8 @@ from .dynamic import (
     camera_induced_flow,
     flow_disagreement,
     flow_target_inside,
+    motion_from_flowed_pixels,
     motion_from_region_flow,
-    object_motion,
     region_depth_fill,
     texture_mask,
     warp_mask,
@@ -165,16 +165,13 @@ def track_group(
         if len(us) < min_points:
             break
         fl = flow(rgb_t.clamp(0, 1).numpy(), image)
-        z = depth_g[vs, us].astype(np.float64)
-        pts_cam = np.stack([(us - k[0, 2]) / k[0, 0] * z, (vs - k[1, 2]) / k[1, 1] * z, z], 1)
-        points = pts_cam @ camera_pose[:3, :3].T + camera_pose[:3, 3]
-        targets = np.stack([us, vs], 1) + fl[vs, us].astype(np.float64)
-        inside = (targets[:, 0] >= 0) & (targets[:, 0] <= w - 1) & (targets[:, 1] >= 0) & (targets[:, 1] <= h - 1)
-        res = object_motion(points[inside], targets[inside], k, camera_pose, huber_px=huber_px, min_points=min_points)
+        res = motion_from_flowed_pixels(us, vs, depth_g[vs, us].astype(np.float64), fl[vs, us], (w, h), k,
+                                        camera_pose, camera_pose, huber_px=huber_px, min_points=min_points,
+                                        edge_px=0.0)
         if not res.ok:
             break
         pose = res.motion @ pose
-        result, used = res, int(inside.sum())
+        result, used = res, res.num_points
     alpha_g, depth_g = own_render(pose)
     visible = (alpha_g > 0.5) & np.isfinite(depth_g)
     ok = result is not None and np.isfinite(pose).all()

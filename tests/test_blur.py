@@ -36,6 +36,12 @@ def textured_wall(n_side: int = 40, seed: int = 0, groups: bool = False) -> Scen
     )
 
 
+def wall_view() -> tuple[RenderSettings, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Render settings, intrinsics ``[3, 3]``, identity camera pose ``[4, 4]`` and zero twist ``[6]``."""
+    return RenderSettings(INTR.width, INTR.height), INTR.matrix(torch.float64), torch.eye(4, dtype=torch.float64), \
+        torch.zeros(6, dtype=torch.float64)
+
+
 def test_exposure_offsets() -> None:
     assert exposure_offsets(1).tolist() == [0.0]
     assert exposure_offsets(5).tolist() == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
@@ -63,21 +69,16 @@ def test_blurred_render_is_mean_of_shifted_renders() -> None:
 
 def test_zero_twist_means_no_blur() -> None:
     scene = textured_wall()
-    settings = RenderSettings(INTR.width, INTR.height)
-    k = INTR.matrix(torch.float64)
-    pose = torch.eye(4, dtype=torch.float64)
-    blurred, _ = render_exposure(scene, pose, torch.zeros(6, dtype=torch.float64), k, settings, subframes=4)
+    settings, k, pose, zero = wall_view()
+    blurred, _ = render_exposure(scene, pose, zero, k, settings, subframes=4)
     assert torch.allclose(blurred, render_views(scene, pose[None], k, settings).rgb[0], atol=1e-6)
 
 
 def test_motion_group_is_moved_by_its_transform() -> None:
     scene = textured_wall(groups=True)
-    settings = RenderSettings(INTR.width, INTR.height)
-    k = INTR.matrix(torch.float64)
-    pose = torch.eye(4, dtype=torch.float64)
+    settings, k, pose, zero = wall_view()
     move = torch.eye(4, dtype=torch.float64)
     move[1, 3] = 0.1
-    zero = torch.zeros(6, dtype=torch.float64)
     moved, _ = render_exposure(scene, pose, zero, k, settings, subframes=1, groups={1: (move, zero)})
     shifted_means = scene.means.clone()
     shifted_means[scene.group_ids == 1, 1] += 0.1
@@ -104,10 +105,7 @@ def test_groups_without_a_pose_are_hidden_and_placed_scenes_stay_put() -> None:
     from posegs_ros.blur import group_subset, move_groups
 
     scene = textured_wall(groups=True)
-    settings = RenderSettings(INTR.width, INTR.height)
-    k = INTR.matrix(torch.float64)
-    pose = torch.eye(4, dtype=torch.float64)
-    zero = torch.zeros(6, dtype=torch.float64)
+    settings, k, pose, zero = wall_view()
     # no pose for group 1 in this view: only the static part is drawn
     hidden, _ = render_exposure(scene, pose, zero, k, settings, subframes=1)
     static = scene.group_ids == 0
