@@ -6,10 +6,10 @@ This module never imports ROS: the node (``posegs_ros.ros``) and ``posegs replay
 Flow of one frame (DESIGN.md, "The method in one page"):
 
 - before a map exists, frames are buffered until two of them have enough parallax for a
-  two-view initialization (:mod:`posegs_ros.initialization`); buffered frames are then
+  two-view initialization (:mod:`posegs_ros.tracking.initialization`); buffered frames are then
   tracked against the new map, so they get poses too (in :meth:`Reconstructor.trajectory`);
-- afterwards each frame is tracked (:mod:`posegs_ros.tracking`); a frame that becomes a
-  keyframe triggers a mapping round on the sliding window (:mod:`posegs_ros.mapping`);
+- afterwards each frame is tracked (:mod:`posegs_ros.tracking.tracker`); a frame that becomes a
+  keyframe triggers a mapping round on the sliding window (:mod:`posegs_ros.mapping.mapper`);
 - tracking failures try to relocalize against the window keyframes, then re-initialize.
 """
 
@@ -26,16 +26,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .blur import RenderSettings, SceneTensors, move_groups
+from .scene.blur import RenderSettings, SceneTensors, move_groups
 from .camera import Intrinsics
 from .config import PosegsConfig
-from .flow import DenseFlow
-from .gaussians import GaussianMap
-from .initialization import TwoViewResult, grid_samples, triangulate, try_two_view
-from .keyframes import Keyframe, KeyframeDecision, add_to_window, choose_replay, decide_keyframe
-from .mapping import Mapper, MappingStats, scene_tensors
-from .motion_groups import MotionGroups, exclusion_margin, track_group
-from .tracking import Tracker, TrackingResult, initial_twist, predict_constant_velocity, twist_units
+from .tracking.flow import DenseFlow
+from .scene.gaussians import GaussianMap
+from .tracking.initialization import TwoViewResult, grid_samples, triangulate, try_two_view
+from .scene.keyframes import Keyframe, KeyframeDecision, add_to_window, choose_replay, decide_keyframe
+from .mapping.mapper import Mapper, MappingStats, scene_tensors
+from .dynamic.motion_groups import MotionGroups, exclusion_margin, track_group
+from .tracking.tracker import Tracker, TrackingResult, initial_twist, predict_constant_velocity, twist_units
 
 __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
 
@@ -740,7 +740,7 @@ class Reconstructor:
         ``group_poses``: where each motion group is (group -> ``[4, 4]``); groups not given are
         not rendered.
         """
-        from .blur import render_views
+        from .scene.blur import render_views
 
         scene = scene_tensors(self.gmap, detach=True)
         scene = move_groups(scene, {g: torch.from_numpy(m) for g, m in (group_poses or {}).items()})

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from posegs_ros.camera import Intrinsics
-from posegs_ros.gaussians import read_ply
+from posegs_ros.scene.gaussians import read_ply
 from posegs_ros.pipeline import Frame, FrameError, Reconstructor, TrackingState
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from posegs_ros.camera import Intrinsics
-from posegs_ros.gaussians import GaussianMap
+from posegs_ros.scene.gaussians import GaussianMap
 from posegs_ros.io import CameraModel, MessageData, TypestoreMessageFactory, camera_info_message, rgb_to_image
 from posegs_ros.pipeline import Frame, FrameError, FrameResult, StageTimings, TrackingState
 

@@ -30,7 +30,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from posegs_ros.camera import Intrinsics  # noqa: E402
-from posegs_ros.gaussians import read_ply  # noqa: E402
+from posegs_ros.scene.gaussians import read_ply  # noqa: E402
 from posegs_ros.io import (  # noqa: E402
     CameraModel,
     camera_info_message,

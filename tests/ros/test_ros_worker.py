@@ -16,7 +16,7 @@ import pytest
 from ros_support import FakeClock, FakeEngine, Messages, RecordingSink, wait_until
 
 from posegs_ros.camera import Intrinsics
-from posegs_ros.gaussians import read_ply
+from posegs_ros.scene.gaussians import read_ply
 from posegs_ros.io import CameraModel, image_to_depth, image_to_rgb, pointcloud2_to_points, transform_to_matrix
 from posegs_ros.ros.params import NodeSettings
 from posegs_ros.ros.worker import DEFAULT_CAMERA_FRAME, ReconstructionWorker

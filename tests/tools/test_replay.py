@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from posegs_ros.gaussians import read_ply
+from posegs_ros.scene.gaussians import read_ply
 from posegs_ros.io import BagWriter, camera_info_message, read_tum, rgb_to_image
 from posegs_ros.io.camera_info import CameraModel
 from posegs_ros.tools.replay import ReplayError, replay

@@ -36,7 +36,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
-from posegs_ros.gaussians import read_ply  # noqa: E402
+from posegs_ros.scene.gaussians import read_ply  # noqa: E402
 from posegs_ros.io import transform_to_matrix  # noqa: E402
 from posegs_ros.msg import ReconstructionStatus  # noqa: E402
 from posegs_ros.ros.graph_env import isolate_ros_graph  # noqa: E402

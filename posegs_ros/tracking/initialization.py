@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from scipy.interpolate import griddata
 
-from .config import InitConfig
+from ..config import InitConfig
 from .flow import DenseFlow, flow_consistency
 
 __all__ = ["TwoViewResult", "try_two_view", "triangulate", "grid_samples"]

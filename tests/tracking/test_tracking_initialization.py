@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from posegs_ros.config import InitConfig
-from posegs_ros.flow import DenseFlow
-from posegs_ros.initialization import triangulate, try_two_view
+from posegs_ros.tracking.flow import DenseFlow
+from posegs_ros.tracking.initialization import triangulate, try_two_view
 
 
 def rotation_angle_deg(r: np.ndarray) -> float:

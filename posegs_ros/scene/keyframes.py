@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .camera import Intrinsics
-from .config import KeyframeConfig
-from .geometry import se3_exp
+from ..camera import Intrinsics
+from ..config import KeyframeConfig
+from ..geometry import se3_exp
 
 __all__ = ["Keyframe", "KeyframeDecision", "decide_keyframe", "add_to_window", "choose_replay"]
 

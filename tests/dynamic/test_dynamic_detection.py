@@ -1,4 +1,4 @@
-"""Moving-object detection, segmentation and motion (posegs_ros.dynamic)."""
+"""Moving-object detection, segmentation and motion (posegs_ros.dynamic.detection)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from posegs_ros.config import DynamicConfig
-from posegs_ros.dynamic import (
+from posegs_ros.dynamic.detection import (
     GroupMotionHistory,
     MotionSegmenter,
     camera_induced_flow,
@@ -23,9 +23,9 @@ from posegs_ros.dynamic import (
     texture_mask,
     warp_mask,
 )
-from posegs_ros.flow import DenseFlow
+from posegs_ros.tracking.flow import DenseFlow
 from posegs_ros.geometry import se3_exp
-from posegs_ros.pose_solver import project_points
+from posegs_ros.tracking.pose_solver import project_points
 
 W, H, F = 256, 192, 230.0
 K = np.array([[F, 0.0, (W - 1) / 2], [0.0, F, (H - 1) / 2], [0.0, 0.0, 1.0]])

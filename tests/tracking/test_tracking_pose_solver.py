@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from posegs_ros.flow import image_gradients
+from posegs_ros.tracking.flow import image_gradients
 from posegs_ros.geometry import se3_exp
-from posegs_ros.pose_solver import PhotometricTerm, project_points, solve_pose
+from posegs_ros.tracking.pose_solver import PhotometricTerm, project_points, solve_pose
 
 K = np.array([[250.0, 0, 160], [0, 250.0, 120], [0, 0, 1]])
 

@@ -9,7 +9,7 @@ import torch
 from posegs_ros.camera import Intrinsics
 from posegs_ros.config import KeyframeConfig
 from posegs_ros.geometry import se3_exp
-from posegs_ros.keyframes import Keyframe, add_to_window, choose_replay, decide_keyframe
+from posegs_ros.scene.keyframes import Keyframe, add_to_window, choose_replay, decide_keyframe
 
 
 def test_decision_reasons() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from posegs_ros.gaussians import GaussianMap, PlyError, read_ply, rgb_to_sh0, sh0_to_rgb
+from posegs_ros.scene.gaussians import GaussianMap, PlyError, read_ply, rgb_to_sh0, sh0_to_rgb
 
 LRS = {"means": 1e-2, "quats": 1e-2, "scales": 1e-2, "opacities": 1e-2, "sh0": 1e-2, "shN": 1e-2}
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from posegs_ros.blur import (
+from posegs_ros.scene.blur import (
     RenderSettings,
     SceneTensors,
     exposure_offsets,
@@ -18,7 +18,7 @@ from posegs_ros.blur import (
     ssim,
 )
 from posegs_ros.camera import Intrinsics
-from posegs_ros.gaussians import rgb_to_sh0
+from posegs_ros.scene.gaussians import rgb_to_sh0
 
 INTR = Intrinsics(80.0, 80.0, 47.5, 35.5, 96, 72)
 
@@ -102,7 +102,7 @@ def test_loss_and_ssim_basics() -> None:
 
 
 def test_groups_without_a_pose_are_hidden_and_placed_scenes_stay_put() -> None:
-    from posegs_ros.blur import group_subset, move_groups
+    from posegs_ros.scene.blur import group_subset, move_groups
 
     scene = textured_wall(groups=True)
     settings, k, pose, zero = wall_view()

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blur import RenderOutput, RenderSettings, SceneTensors, group_subset, move_groups, photometric_loss, render_exposure, render_views
-from .camera import unproject
-from .config import PosegsConfig
-from .gaussians import GaussianMap
-from .keyframes import Keyframe
+from ..scene.blur import RenderOutput, RenderSettings, SceneTensors, group_subset, move_groups, photometric_loss, render_exposure, render_views
+from ..camera import unproject
+from ..config import PosegsConfig
+from ..scene.gaussians import GaussianMap
+from ..scene.keyframes import Keyframe
 
 __all__ = ["Mapper", "MappingStats", "scene_tensors"]
 

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from posegs_ros.config import PosegsConfig, apply_flat
-from posegs_ros.gaussians import GaussianMap
-from posegs_ros.keyframes import Keyframe
-from posegs_ros.mapping import Mapper
-from posegs_ros.tracking import twist_units
+from posegs_ros.scene.gaussians import GaussianMap
+from posegs_ros.scene.keyframes import Keyframe
+from posegs_ros.mapping.mapper import Mapper
+from posegs_ros.tracking.tracker import twist_units
 
 
 def keyframe(frame, intrinsics, scale: float, fixed: bool = False) -> Keyframe:

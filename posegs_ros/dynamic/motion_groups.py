@@ -7,14 +7,14 @@ the group's own frame (the map frame at the moment the group was spawned) and re
 Per tracked frame (after the camera pose is solved):
 
 1. frame-to-frame flow ``prev -> curr`` is compared with the flow the camera motion alone would
-   cause through the rendered depth (:func:`posegs_ros.dynamic.flow_disagreement`);
-2. candidate pixels persist as regions (:class:`posegs_ros.dynamic.MotionSegmenter`);
+   cause through the rendered depth (:func:`posegs_ros.dynamic.detection.flow_disagreement`);
+2. candidate pixels persist as regions (:class:`posegs_ros.dynamic.detection.MotionSegmenter`);
 3. a confirmed region without a group spawns one: Gaussians lifted from the previous frame with a
    depth filled from the region's surroundings (monocular: the only depth available for a
    new moving object), static Gaussians in front of the background inside the region (the object
    mapped as static before it was detected) are removed;
 4. each group's motion since the previous frame is solved from the region's flow
-   (:func:`posegs_ros.dynamic.motion_from_region_flow`); a group that stops moving merges back
+   (:func:`posegs_ros.dynamic.detection.motion_from_region_flow`); a group that stops moving merges back
    into the static map.
 
 Tracking of the camera excludes the groups' pixels (:meth:`MotionGroups.exclusion_mask`).
@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 import torch
 
-from .blur import RenderSettings, SceneTensors, group_subset, move_groups, render_exposure, render_views
-from .camera import Intrinsics
-from .config import PosegsConfig
-from .dynamic import (
+from ..scene.blur import RenderSettings, SceneTensors, group_subset, move_groups, render_exposure, render_views
+from ..camera import Intrinsics
+from ..config import PosegsConfig
+from .detection import (
     GroupMotionHistory,
     MotionSegmenter,
     camera_induced_flow,
@@ -44,9 +44,9 @@ from .dynamic import (
     texture_mask,
     warp_mask,
 )
-from .flow import DenseFlow
-from .gaussians import GaussianMap
-from .geometry import se3_log
+from ..tracking.flow import DenseFlow
+from ..scene.gaussians import GaussianMap
+from ..geometry import se3_log
 
 __all__ = ["MotionGroup", "GroupObservation", "MotionGroups", "GroupTrack", "track_group", "exclusion_margin"]
 
@@ -119,7 +119,7 @@ def track_group(
 
     Render the view with the group at ``predicted`` ``[4, 4]``, flow render -> ``image``
     ``[H, W, 3]`` uint8, lift the group's own pixels with its rendered depth and solve the
-    object's motion from the flowed pixels (:func:`posegs_ros.dynamic.object_motion`), ``passes``
+    object's motion from the flowed pixels (:func:`posegs_ros.dynamic.detection.object_motion`), ``passes``
     times.  ``scene`` holds every Gaussian with group ids (not placed); ``others`` places the
     other groups (group -> ``[4, 4]``; unlisted ones are hidden).  ``blur`` = (camera exposure
     twist ``[6]``, group twists {group: ``[6]``}, odd sub-frame count) renders the blurred view
@@ -360,7 +360,7 @@ class MotionGroups:
     def _track_models(self, image: np.ndarray, pose: np.ndarray, intrinsics: Intrinsics, gmap: GaussianMap,
                       settings: RenderSettings, live_regions: set[int]) -> dict[int, GroupTrack]:
         """Track every group with a live region against its own Gaussians (trusted results only)."""
-        from .mapping import scene_tensors
+        from ..mapping.mapper import scene_tensors
 
         scene = scene_tensors(gmap, detach=True)
         predicted = {g: grp.step @ grp.pose for g, grp in self.groups.items()}

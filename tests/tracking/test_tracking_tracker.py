@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from posegs_ros.blur import RenderSettings
+from posegs_ros.scene.blur import RenderSettings
 from posegs_ros.config import PosegsConfig, apply_flat
-from posegs_ros.flow import DenseFlow
-from posegs_ros.gaussians import GaussianMap
+from posegs_ros.tracking.flow import DenseFlow
+from posegs_ros.scene.gaussians import GaussianMap
 from posegs_ros.geometry import se3_exp
-from posegs_ros.keyframes import Keyframe
-from posegs_ros.mapping import Mapper, scene_tensors
-from posegs_ros.tracking import Tracker, initial_twist, predict_constant_velocity, twist_units
+from posegs_ros.scene.keyframes import Keyframe
+from posegs_ros.mapping.mapper import Mapper, scene_tensors
+from posegs_ros.tracking.tracker import Tracker, initial_twist, predict_constant_velocity, twist_units
 
 
 def map_from_ground_truth(seq, cfg):

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import quat_to_rotmat, rotmat_to_quat, se3_exp, se3_inverse
-from .render import rasterize
+from ..geometry import quat_to_rotmat, rotmat_to_quat, se3_exp, se3_inverse
+from ..render import rasterize
 
 __all__ = [
     "exposure_offsets",

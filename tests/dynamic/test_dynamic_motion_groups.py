@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from posegs_ros.config import PosegsConfig, apply_flat
-from posegs_ros.flow import DenseFlow
-from posegs_ros.gaussians import GaussianMap
-from posegs_ros.motion_groups import MotionGroups
+from posegs_ros.tracking.flow import DenseFlow
+from posegs_ros.scene.gaussians import GaussianMap
+from posegs_ros.dynamic.motion_groups import MotionGroups
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +109,8 @@ def test_track_group_recovers_a_known_object_motion(moving_box) -> None:
     """Two frames: the box's Gaussians (lifted with true depth in frame a, group frame = map at
     a) are tracked into frame b against their own render; the solved motion matches the true
     object motion O_b inv(O_a)."""
-    from posegs_ros.blur import RenderSettings
-    from posegs_ros.motion_groups import track_group
+    from posegs_ros.scene.blur import RenderSettings
+    from posegs_ros.dynamic.motion_groups import track_group
 
     seq = moving_box
     a, b = seq.frames[6], seq.frames[7]
@@ -128,7 +128,7 @@ def test_track_group_recovers_a_known_object_motion(moving_box) -> None:
         # side of slanted surfaces (front-to-back compositing), which the flow would read as motion
         gmap.add(torch.from_numpy(world).float(), rgb, torch.from_numpy(z / k[0, 0] * 0.35).float(),
                  opacities=0.95, group_ids=group)
-    from posegs_ros.mapping import scene_tensors
+    from posegs_ros.mapping.mapper import scene_tensors
 
     truth = b.object_pose @ np.linalg.inv(a.object_pose)
     settings = RenderSettings(w, h, near_plane=0.05, far_plane=100.0)

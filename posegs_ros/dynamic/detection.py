@@ -10,13 +10,13 @@ Everything here works on numpy arrays (no ROS, no rendering):
    masks warped with the frame-to-frame flow), confirmed after ``persistence`` frames;
 4. :func:`object_motion` / :func:`motion_from_region_flow` -- the object's SE(3) motion from
    3D-2D correspondences, solved as a virtual camera pose with
-   :func:`posegs_ros.pose_solver.solve_pose`;
+   :func:`posegs_ros.tracking.pose_solver.solve_pose`;
 5. :func:`should_merge` / :class:`GroupMotionHistory` -- a group that stopped moving merges back.
 
 Conventions (see DESIGN.md): poses are camera-to-map ``[4, 4]`` float64, optical frame (x right,
 y down, z forward), pixel centres OpenCV-style (top-left pixel centre at ``(0, 0)``); flow
 ``[H, W, 2]`` holds ``(du, dv)`` moving pixel ``(u, v)`` of the *source* image to
-``(u + du, v + dv)`` in the *destination* image (as :mod:`posegs_ros.flow`).
+``(u + du, v + dv)`` in the *destination* image (as :mod:`posegs_ros.tracking.flow`).
 
 Object motion convention: ``motion`` ``M`` is a map-frame transform acting on map points, so a
 point ``X`` of the object (map coordinates at the earlier time) is at ``M @ X`` at the later
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .config import DynamicConfig
-from .flow import to_gray
-from .pose_solver import damped_step, huber_cost, huber_weights, project_points, solve_pose
+from ..config import DynamicConfig
+from ..tracking.flow import to_gray
+from ..tracking.pose_solver import damped_step, huber_cost, huber_weights, project_points, solve_pose
 
 __all__ = [
     "camera_induced_flow",
@@ -132,7 +132,7 @@ def flow_disagreement(
     """Motion candidates ``[H, W]`` bool: pixels whose observed flow disagrees with the predicted one.
 
     Args:
-        observed: ``[H, W, 2]`` measured flow (e.g. :class:`posegs_ros.flow.DenseFlow`).
+        observed: ``[H, W, 2]`` measured flow (e.g. :class:`posegs_ros.tracking.flow.DenseFlow`).
         predicted: ``[H, W, 2]`` camera-induced flow (:func:`camera_induced_flow`); NaN = unknown.
         threshold_px: floor of the threshold (``DynamicConfig.flow_threshold_px``).
         valid: ``[H, W]`` bool pixels to consider (e.g. rendered opacity high); ``None`` = all.
@@ -530,7 +530,7 @@ def object_motion(
     the object by ``M`` is seen like moving the camera by ``inv(M)``: with the virtual
     camera-to-map pose ``C' = inv(M) @ C`` we have ``inv(C') = inv(C) @ M``, so
     ``pixel = project(inv(C') @ X)`` -- a plain camera-pose problem, solved by
-    :func:`posegs_ros.pose_solver.solve_pose` from ``C'_0 = inv(init) @ C``; then
+    :func:`posegs_ros.tracking.pose_solver.solve_pose` from ``C'_0 = inv(init) @ C``; then
     ``M = C @ inv(C')``.
 
     Args:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .flow import bilinear_sample
-from .geometry import se3_exp
+from ..geometry import se3_exp
 
 __all__ = ["PhotometricTerm", "PoseSolveResult", "solve_pose", "huber_weights", "project_points"]
 

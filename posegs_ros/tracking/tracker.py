@@ -3,7 +3,7 @@
 1. render colour + depth at the predicted pose (constant velocity);
 2. dense optical flow render -> observation;
 3. lift the flowed pixels to 3D with the rendered depth and solve the pose by robust
-   Gauss-Newton on reprojection + photometric residuals (:mod:`posegs_ros.pose_solver`);
+   Gauss-Newton on reprojection + photometric residuals (:mod:`posegs_ros.tracking.pose_solver`);
 4. a few Adam steps of the blur-aware render loss on the pose correction and the exposure
    twist only (the Gaussians stay fixed).
 
@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .blur import RenderOutput, RenderSettings, SceneTensors, photometric_loss, render_exposure, render_views
-from .camera import Intrinsics
-from .config import PosegsConfig
+from ..scene.blur import RenderOutput, RenderSettings, SceneTensors, photometric_loss, render_exposure, render_views
+from ..camera import Intrinsics
+from ..config import PosegsConfig
 from .flow import DenseFlow, bilinear_sample, image_gradients, to_gray
-from .geometry import se3_exp, se3_log
+from ..geometry import se3_exp, se3_log
 from .pose_solver import PhotometricTerm, PoseSolveResult, solve_pose
 
 __all__ = ["TrackingResult", "Tracker", "predict_constant_velocity", "initial_twist", "twist_units"]

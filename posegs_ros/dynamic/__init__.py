@@ -1,0 +1,1 @@
+"""Moving objects: moving-pixel detection, region tracking and motion groups."""

@@ -1,0 +1,1 @@
+"""Mapping: the three-stage window optimization, densification and pruning."""

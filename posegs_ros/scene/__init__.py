@@ -1,0 +1,1 @@
+"""The scene model: Gaussians, the exposure blur model (image formation and loss), keyframes."""
