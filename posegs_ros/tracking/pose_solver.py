@@ -20,7 +20,7 @@ import torch
 from .flow import bilinear_sample
 from ..geometry import se3_exp
 
-__all__ = ["PhotometricTerm", "PoseSolveResult", "solve_pose", "huber_weights", "project_points"]
+__all__ = ["PhotometricTerm", "PoseSolveResult", "solve_pose", "solve_pose_reference", "huber_weights", "project_points"]
 
 
 @dataclass
@@ -135,6 +135,63 @@ def solve_pose(
 ) -> PoseSolveResult:
     """Levenberg-damped, Huber-robust Gauss-Newton for the pose that maps ``points`` onto ``targets``.
 
+    One GIL-free numba call (:mod:`posegs_ros.tracking._pose_kernels`) that follows
+    :func:`solve_pose_reference` step for step (tests compare them).
+
+    Args:
+        points: ``[M, 3]`` map-frame points (lifted from the rendered depth).
+        targets: ``[M, 2]`` pixels where the observation shows them (render pixel + flow).
+        k: ``[3, 3]`` intrinsics.
+        pose_init: ``[4, 4]`` camera-to-map starting pose (the prediction).
+        photometric: optional direct term, normalized against the geometric one by robust scales.
+        image_size: ``(width, height)``; photometric samples leaving the image are dropped.
+    """
+    from . import _pose_kernels
+
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    if photometric is not None:
+        ph = photometric
+        extra = (f64(ph.points).reshape(-1, 3), f64(ph.reference).reshape(-1), f32(ph.image), f32(ph.grad_u),
+                 f32(ph.grad_v), float(ph.weight))
+    else:
+        empty = np.zeros((1, 1), np.float32)
+        extra = (np.zeros((0, 3)), np.zeros(0), empty, empty, empty, 0.0)
+    size = np.array(image_size if image_size is not None else (0, 0), dtype=np.float64)
+    pose, it, cost, rg, valid = _pose_kernels.solve(
+        f64(points).reshape(-1, 3), f64(targets).reshape(-1, 2), f64(k), f64(pose_init), float(huber_px),
+        int(iterations), *extra, size, float(near),
+    )
+    return _result(pose, rg, valid, huber_px, points.shape[0], it, cost)
+
+
+def _result(pose: np.ndarray, rg: np.ndarray, valid: np.ndarray, huber_px: float, m: int, it: int,
+            cost: float) -> PoseSolveResult:
+    errors = np.linalg.norm(rg[valid], axis=1)
+    inliers = int(np.sum(errors < 3.0 * huber_px))
+    return PoseSolveResult(
+        pose=pose,
+        inlier_ratio=inliers / max(m, 1),
+        median_error_px=float(np.median(errors)) if errors.size else float("inf"),
+        num_points=m,
+        iterations=it,
+        cost=cost,
+    )
+
+
+def solve_pose_reference(
+    points: np.ndarray,
+    targets: np.ndarray,
+    k: np.ndarray,
+    pose_init: np.ndarray,
+    huber_px: float = 1.5,
+    iterations: int = 8,
+    photometric: PhotometricTerm | None = None,
+    image_size: tuple[int, int] | None = None,
+    near: float = 1e-3,
+) -> PoseSolveResult:
+    """NumPy twin of :func:`solve_pose` (the readable reference the kernel is tested against).
+
     Args:
         points: ``[M, 3]`` map-frame points (lifted from the rendered depth).
         targets: ``[M, 2]`` pixels where the observation shows them (render pixel + flow).
@@ -205,13 +262,4 @@ def solve_pose(
         pose, rg, valid, rp, vp = state
         if np.linalg.norm(step) < 1e-8:
             break
-    errors = np.linalg.norm(rg[valid], axis=1)
-    inliers = int(np.sum(errors < 3.0 * huber_px))
-    return PoseSolveResult(
-        pose=pose,
-        inlier_ratio=inliers / max(m, 1),
-        median_error_px=float(np.median(errors)) if errors.size else float("inf"),
-        num_points=m,
-        iterations=it,
-        cost=current,
-    )
+    return _result(pose, rg, valid, huber_px, m, it, current)
