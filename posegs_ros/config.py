@@ -82,13 +82,18 @@ class TrackingConfig:
     gn_iterations: int = _f(8, "Gauss-Newton iterations on reprojection + photometric residuals")
     huber_px: float = _f(1.5, "Huber threshold of reprojection residuals (pixels)")
     photometric_weight: float = _f(0.01, "weight of photometric residuals relative to geometric ones")
-    sample_stride: int = _f(4, "use every n-th pixel (in x and y) for Gauss-Newton")
-    refine_steps: int = _f(6, "gradient steps of the blur-aware render loss on pose + exposure twist")
+    sample_stride: int = _f(4, "use every n-th pixel (in x and y) for Gauss-Newton (at full resolution)")
+    render_scale: float = _f(1.0, "tracking renders, flows and solves at this fraction of the image size "
+                             "(pixel thresholds scale along; < 1 is faster)")
+    refine_steps: int = _f(0, "gradient steps of the blur-aware render loss on pose + exposure twist per frame "
+                           "(0 = off: the exposure twist comes from the frame's motion; mapping refines keyframes)")
     refine_lr: float = _f(2.0e-3, "Adam learning rate of the blur-aware pose refinement")
     min_inlier_ratio: float = _f(0.3, "below this fraction of inlier pixels the frame is declared lost")
     max_reprojection_px: float = _f(4.0, "median reprojection error above which tracking is lost")
     min_ncc: float = _f(0.5, "intensity correlation of render and observation at the flow matches below which tracking is lost")
     max_lost_frames: int = _f(10, "consecutive lost frames (relocalization failing) before re-initializing")
+    max_gap_s: float = _f(0.5, "after a gap this long since the last tracked frame the motion is not extrapolated; "
+                          "if tracking from the last pose and relocalization fail, the map is re-initialized")
 
 
 @dataclass
@@ -130,6 +135,10 @@ class MappingConfig:
     final_densify_stride: int = _f(2, "offline only: densify_stride of the final refinement")
     final_max_views: int = _f(400, "offline only: at most this many frames (evenly spaced) join the final refinement")
     optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
+    idle_rounds: int = _f(2, "concurrent mapping (node, --realtime): window rounds run after the last keyframe "
+                          "while no new one arrives, then the mapping thread sleeps")
+    thread_nice: int = _f(5, "concurrent mapping: niceness added to the mapping thread so per-frame tracking "
+                          "wins the CPU (Linux; 0 = same priority)")
 
 
 @dataclass

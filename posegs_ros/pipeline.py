@@ -8,9 +8,13 @@ Flow of one frame (DESIGN.md, "The method in one page"):
 - before a map exists, frames are buffered until two of them have enough parallax for a
   two-view initialization (:mod:`posegs_ros.tracking.initialization`); buffered frames are then
   tracked against the new map, so they get poses too (in :meth:`Reconstructor.trajectory`);
-- afterwards each frame is tracked (:mod:`posegs_ros.tracking.tracker`); a frame that becomes a
-  keyframe triggers a mapping round on the sliding window (:mod:`posegs_ros.mapping.mapper`);
-- tracking failures try to relocalize against the window keyframes, then re-initialize.
+- afterwards each frame is tracked (:mod:`posegs_ros.tracking.tracker`) against the newest map
+  snapshot (:mod:`posegs_ros.scene.snapshot`); a frame that becomes a keyframe is handed to the
+  mapping back end (:mod:`posegs_ros.mapping.backend`), which runs the window rounds -- inline,
+  before :meth:`Reconstructor.process` returns (offline, reproducible), or in its own thread
+  (``concurrent=True``: the node and real-time replay; tracking returns at once);
+- tracking failures try to relocalize against the window keyframes, then re-initialize; after
+  a gap longer than ``tracking.max_gap_s`` the motion is not extrapolated.
 """
 
 from __future__ import annotations
@@ -18,23 +22,30 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import os
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import cv2
 import numpy as np
 import torch
 
-from .scene.blur import RenderSettings, SceneTensors, move_groups
 from .camera import Intrinsics
 from .config import PosegsConfig
-from .tracking.flow import DenseFlow
-from .scene.gaussians import GaussianMap
-from .tracking.initialization import TwoViewResult, grid_samples, triangulate, try_two_view
-from .scene.keyframes import Keyframe, KeyframeDecision, add_to_window, choose_replay, decide_keyframe
-from .mapping.mapper import Mapper, MappingStats, scene_tensors
 from .dynamic.motion_groups import MotionGroups, exclusion_margin, track_group
+from .mapping.backend import MappingBackend
+from .mapping.mapper import MappingStats, scene_tensors
+from .render._threads import set_thread_budget
+from .scene.blur import RenderSettings, SceneTensors, move_groups, render_views
+from .scene.gaussians import sh0_to_rgb, write_ply
+from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe
+from .scene.snapshot import MapEdit, MapSnapshot, MapStore
+from .tracking.flow import DenseFlow
+from .tracking.initialization import TwoViewResult, grid_samples, try_two_view
 from .tracking.tracker import Tracker, TrackingResult, initial_twist, predict_constant_velocity, twist_units
 
 __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
@@ -77,6 +88,19 @@ class StageTimings:
 
 
 @dataclass
+class TrajectoryPoint:
+    """The latest estimate of one frame's pose."""
+
+    index: int
+    stamp: float
+    pose: np.ndarray  # [4, 4] camera-to-map
+    state: TrackingState
+    is_keyframe: bool
+    group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [4, 4] M_g at this frame
+    dynamic_mask: np.ndarray | None = None  # [H, W] bool, moving objects detected in this frame
+
+
+@dataclass
 class FrameResult:
     """What the engine says about one processed frame."""
 
@@ -92,6 +116,7 @@ class FrameResult:
     inlier_ratio: float = 0.0
     group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> [4, 4] object-to-map
     dynamic_mask: np.ndarray | None = None  # [H, W] bool, True on moving objects
+    late: list[TrajectoryPoint] = field(default_factory=list)  # earlier frames posed since the last result
     _render: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     _cache: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
@@ -114,19 +139,6 @@ class FrameResult:
     def depth(self) -> np.ndarray:
         """Rendered expected depth at the mid-exposure pose, ``[H, W]`` float32 (NaN where no map)."""
         return self._rendered()[1]
-
-
-@dataclass
-class TrajectoryPoint:
-    """The latest estimate of one frame's pose."""
-
-    index: int
-    stamp: float
-    pose: np.ndarray  # [4, 4] camera-to-map
-    state: TrackingState
-    is_keyframe: bool
-    group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [4, 4] M_g at this frame
-    dynamic_mask: np.ndarray | None = None  # [H, W] bool, moving objects detected in this frame
 
 
 @dataclass
@@ -153,75 +165,136 @@ class EngineCounters:
     lost_frames: int = 0
     relocalizations: int = 0
     reinitializations: int = 0
-    skipped_mapping_steps: int = 0
     rejected_frames: int = 0
     groups_spawned: int = 0
     groups_merged: int = 0
 
 
 class Reconstructor:
-    """Online monocular pose + 3DGS reconstruction with an exposure-blur model."""
+    """Online monocular pose + 3DGS reconstruction with an exposure-blur model.
 
-    def __init__(self, config: PosegsConfig | None = None, keep_frames: bool = False) -> None:
-        """``keep_frames``: remember every frame's image so :meth:`finalize` can refine over all
-        of them (offline replay); a live node leaves it off and memory stays bounded."""
+    Args:
+        config: the configuration (defaults if omitted).
+        keep_frames: remember every frame's image so :meth:`finalize` can refine over all of
+            them (offline replay); a live node leaves it off and memory stays bounded.
+        concurrent: run mapping in its own thread (the node, ``posegs replay --realtime``):
+            :meth:`process` then only tracks and returns at once, keyframes are mapped behind
+            it. Otherwise the mapping work a frame triggers runs inside :meth:`process`, in a
+            fixed order (reproducible offline replay). Call :meth:`close` when done.
+    """
+
+    def __init__(self, config: PosegsConfig | None = None, keep_frames: bool = False, concurrent: bool = False) -> None:
         self.config = config or PosegsConfig()
         self.keep_frames = keep_frames
-        if self.config.threads > 0:
+        self.concurrent = concurrent
+        cores = self.config.threads if self.config.threads > 0 else (os.cpu_count() or 1)
+        # concurrent: one core tracks, the others map (renderer and torch threads per thread)
+        self._tracking_threads = 1 if concurrent else None
+        self._mapping_threads = max(cores - 1, 1)
+        if self.config.threads > 0 and not concurrent:
             torch.set_num_threads(self.config.threads)
+        self._thread_setup = threading.local()
         self.device = torch.device(self.config.render.device)
         self.flow = DenseFlow(self.config.tracking.flow, self.config.tracking.flow_preset)
         self.tracker = Tracker(self.config, self.flow)
+        self.store = MapStore()
+        self.backend: MappingBackend | None = None
         self.counters = EngineCounters()
         self._records: list[_FrameRecord] = []
         self.reset()
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        """Forget the map and the trajectory; the next frame starts a new initialization."""
+        """Forget the map and the trajectory; the next frame starts a new initialization
+        (a mapping round in flight is stopped first)."""
         self._new_map()
         self._records = []
         self.counters = EngineCounters()
         self._last_stamp: float | None = None
 
+    def close(self) -> None:
+        """Stop the mapping thread (concurrent mode); the map stays readable."""
+        if self.backend is not None:
+            self.backend.stop()
+
+    def __enter__(self) -> Reconstructor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _new_map(self) -> None:
         cfg = self.config
-        torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.gmap = GaussianMap(cfg.render.sh_degree, cfg.mapping.max_gaussians, self.device)
-        self.mapper = Mapper(cfg, self.gmap, self.rng)
-        self.keyframes: list[Keyframe] = []
-        self.window: tuple[int, ...] = ()
-        self.frozen: tuple[int, ...] = ()
-        self.mapping_rounds = 0
+        if self.backend is not None:
+            self.backend.stop()
+        self.store.clear()
+        self.backend = MappingBackend(cfg, self.store, concurrent=self.concurrent, threads=self._mapping_threads)
         self.initialized = False
         self._init_buffer: list[tuple[Frame, int]] = []  # (frame, record index)
-        self._track_history: list[tuple[float, np.ndarray, np.ndarray]] = []  # (stamp, pose, twist)
+        self._history: list[_FrameRecord] = []  # the last tracked frames (constant-velocity prediction)
         self._lost_run = 0
         self._intrinsics: Intrinsics | None = None
+        self._scene_scale = 1.0
+        self._keyframe_stamps: list[float] = []  # of every keyframe handed to mapping, by id
+        self._pending_poses: dict[int, np.ndarray] = {}  # keyframe id -> [4, 4] until a snapshot has it
+        self._frame_interval: float | None = None  # shortest stamp difference seen (the camera's period)
+        self._late_poses: deque[tuple[int, np.ndarray, np.ndarray, bool]] = deque()  # (record, pose, twist, lost)
         self.motion = MotionGroups(cfg, self.flow) if cfg.dynamic.enabled else None
 
     @property
     def num_gaussians(self) -> int:
-        return len(self.gmap)
+        snap = self.store.latest()
+        return snap.num_gaussians if snap is not None else 0
+
+    @property
+    def num_keyframes(self) -> int:
+        return len(self._keyframe_stamps)
+
+    @property
+    def mapping_backlog(self) -> int:
+        """Keyframes handed to mapping that it has not integrated yet."""
+        return self.backend.backlog if self.backend is not None else 0
+
+    def stats(self) -> dict[str, float]:
+        """Tracking counters and the mapping back end's counters, one flat dict."""
+        snap = self.store.latest()
+        out: dict[str, float] = dict(vars(self.counters))
+        out.update({f"mapping_{k}": v for k, v in (snap.stats if snap is not None else {}).items()})
+        out["map_version"] = snap.version if snap is not None else 0
+        return out
+
+    def _enter_thread(self) -> None:
+        """Concurrent mode: the tracking thread's renderer / torch thread budget, set once per thread."""
+        if self._tracking_threads is None or getattr(self._thread_setup, "done", False):
+            return
+        set_thread_budget(self._tracking_threads)
+        torch.set_num_threads(self._tracking_threads)
+        self._thread_setup.done = True
 
     # ------------------------------------------------------------- frontend
     def process(self, frame: Frame) -> FrameResult:
-        """Track ``frame``, update the map if it becomes a keyframe, return the result.
+        """Track ``frame`` and return its pose; a keyframe goes to mapping (inline: mapped
+        before this returns; concurrent: queued for the mapping thread).
 
         Raises:
             FrameError: the frame is malformed, its stamp does not increase, or its camera
                 differs from the map's (callers reset or skip; the map is untouched).
         """
         self._validate(frame)
+        self._enter_thread()
         t_start = time.perf_counter()
+        late = self._take_late_poses()
         self.counters.frames += 1
+        if self._last_stamp is not None:
+            dt = frame.stamp - self._last_stamp
+            self._frame_interval = dt if self._frame_interval is None else min(self._frame_interval, dt)
         self._last_stamp = frame.stamp
         if not self.initialized:
             result = self._initialize_step(frame)
         else:
             result = self._track_step(frame)
         result.timings.total = time.perf_counter() - t_start
+        result.late = [self._point(self._records[i], self.store.latest(), online=True) for i in late]
         return result
 
     def _validate(self, frame: Frame) -> None:
@@ -250,15 +323,15 @@ class Reconstructor:
         groups = {g: m.copy() for g, m in record.group_poses.items()}
         if self.initialized and record.state is not TrackingState.INITIALIZING:
             intr = frame.intrinsics
-            render = lambda: self.render(pose, intr, groups)  # noqa: E731 - deferred, rendered on demand
+            render = lambda: self.render(pose, intr, groups)  # noqa: E731 - deferred: the newest map, on demand
         return FrameResult(
             stamp=frame.stamp,
             index=frame.index,
             pose=pose,
             state=record.state,
             is_keyframe=record.is_keyframe,
-            num_gaussians=len(self.gmap),
-            num_keyframes=len(self.keyframes),
+            num_gaussians=self.num_gaussians,
+            num_keyframes=self.num_keyframes,
             timings=timings,
             exposure_twist=record.twist.copy(),
             inlier_ratio=inlier_ratio,
@@ -291,7 +364,7 @@ class Reconstructor:
         timings.mapping = time.perf_counter() - t0
         log.info(
             "initialized from frames %d and %d: %d inliers, parallax %.1f px, %d Gaussians",
-            first.index, frame.index, two_view.inliers, two_view.median_parallax_px, len(self.gmap),
+            first.index, frame.index, two_view.inliers, two_view.median_parallax_px, self.num_gaussians,
         )
         t0 = time.perf_counter()
         self._track_buffered()
@@ -303,8 +376,7 @@ class Reconstructor:
         cfg = self.config
         (first, first_rec), (second, second_rec) = self._init_buffer[0], self._init_buffer[-1]
         self._intrinsics = first.intrinsics
-        scale = float(np.median(two_view.depth_first))
-        self.mapper.set_scene_scale(scale)
+        self._scene_scale = float(np.median(two_view.depth_first))
         pose_b = two_view.pose_second
         dt = max(second.stamp - first.stamp, 1e-6)
         frame_dt = dt / max(len(self._init_buffer) - 1, 1)
@@ -316,80 +388,132 @@ class Reconstructor:
         stride = max(1.0, math.sqrt(h * w / max(cfg.init.seed_points, 1)))
         pixels = grid_samples(w, h, stride=max(int(round(stride)), 1), border=0)
         depth = two_view.depth_first[pixels[:, 1].astype(int), pixels[:, 0].astype(int)].astype(np.float64)
-        self.mapper.add_from_depth(kf0, pixels, depth, stride=stride, opacity=0.7)
-        self.keyframes = [kf0, kf1]
-        self.window = (0, 1)
+        self._keyframe_stamps = [first.stamp, second.stamp]
+        self._pending_poses = {0: np.eye(4), 1: pose_b.copy()}
         self.initialized = True
-        for _ in range(max(cfg.init.mapping_rounds, 1)):
-            self._mapping_round(kf1, fallback_depth=None)
+        assert self.backend is not None
+        self.backend.seed(kf0, kf1, pixels, depth, stride, self._scene_scale)
+        snap = self._snapshot()
         for rec, kf_id in ((first_rec, 0), (second_rec, 1)):
             self._records[rec].is_keyframe = True
-            self._store_pose(self._records[rec], self.keyframes[kf_id].numpy_pose(), TrackingState.TRACKING, kf_id)
-        self._records[second_rec].twist = self.keyframes[1].twist().detach().numpy()
-        self._track_history = [
-            (first.stamp, self.keyframes[0].numpy_pose(), self.keyframes[0].twist().detach().numpy()),
-            (second.stamp, self.keyframes[1].numpy_pose(), self.keyframes[1].twist().detach().numpy()),
-        ]
+            self._store_pose(self._records[rec], snap.keyframe_poses[kf_id], TrackingState.TRACKING, kf_id)
+            self._records[rec].twist = snap.keyframe_twists[kf_id].copy()
+        self._history = [self._records[first_rec], self._records[second_rec]]
+        self.counters.keyframes += 2
 
     def _track_buffered(self) -> None:
-        """Track the frames buffered between the two initialization frames (retroactively)."""
-        between = self._init_buffer[1:-1]
+        """Pose the frames buffered between the two initialization frames, retroactively.
+
+        A mapping job (after the initial rounds, against the refined map): inline it runs now,
+        concurrently the live frames are not kept waiting. Results reach the frames' records
+        through :meth:`_take_late_poses`."""
+        between = [(frame, rec_index) for frame, rec_index in self._init_buffer[1:-1]]
         if not between:
             return
-        kf0 = self.keyframes[0]
-        history = [(kf0.stamp, kf0.numpy_pose(), kf0.twist().detach().numpy())]
-        for frame, rec_index in between:
-            pred = self._predict(history, frame.stamp)
-            res = self._track(frame, pred, history[-1][2], refine=True)
+        assert self.backend is not None
+        tracker = Tracker(self.config, DenseFlow(self.config.tracking.flow, self.config.tracking.flow_preset))
+        first_stamp = self._keyframe_stamps[0]
+        late = self._late_poses
+
+        def job() -> None:
+            snap = self._snapshot()
+            history = [(first_stamp, snap.keyframe_poses[0])]
+            for frame, rec_index in between:
+                pred = self._predict(history, frame.stamp)
+                res = tracker.track(frame.image, None, frame.intrinsics, pred, snap.keyframe_twists[1], snap.scene,
+                                    self._settings(frame.intrinsics), refine=False, scene_scale=self._scene_scale)
+                twist = self._motion_twist(history[-1][0], history[-1][1], frame.stamp, res.pose)
+                late.append((rec_index, res.pose, twist, res.lost))
+                if not res.lost:
+                    history.append((frame.stamp, res.pose))
+
+        self.backend.submit(job)
+        self._take_late_poses()
+
+    def _take_late_poses(self) -> list[int]:
+        """Store the poses the mapping thread found for buffered frames; returns their record indices."""
+        taken = []
+        while self._late_poses:
+            rec_index, pose, twist, lost = self._late_poses.popleft()
             rec = self._records[rec_index]
-            state = TrackingState.LOST if res.lost else TrackingState.TRACKING
-            self._store_pose(rec, res.pose, state, self._nearest_keyframe(frame.stamp))
-            rec.twist = res.twist
-            if not res.lost:
-                history.append((frame.stamp, res.pose, res.twist))
+            self._store_pose(rec, pose, TrackingState.LOST if lost else TrackingState.TRACKING,
+                             self._nearest_keyframe(rec.stamp))
+            rec.twist = twist
+            taken.append(rec_index)
+        return taken
 
     # ------------------------------------------------------------- tracking
-    def _predict(self, history: list[tuple[float, np.ndarray, np.ndarray]], stamp: float) -> np.ndarray:
+    def _snapshot(self) -> MapSnapshot:
+        snap = self.store.latest()
+        if snap is None:
+            raise RuntimeError("no map snapshot yet")
+        return snap
+
+    def _keyframe_pose(self, kf_id: int, snap: MapSnapshot | None = None) -> np.ndarray:
+        """Latest ``[4, 4]`` pose of keyframe ``kf_id``: mapping's estimate once published, else
+        the pose it was handed over with."""
+        snap = snap if snap is not None else self.store.latest()
+        if snap is not None and kf_id in snap.keyframe_poses:
+            self._pending_poses.pop(kf_id, None)
+            return snap.keyframe_poses[kf_id]
+        return self._pending_poses[kf_id]
+
+    @staticmethod
+    def _predict(history: list[tuple[float, np.ndarray]], stamp: float) -> np.ndarray:
+        """Constant-velocity pose ``[4, 4]`` at ``stamp`` from the last two ``(stamp, pose)``."""
         if len(history) < 2:
             return history[-1][1].copy()
-        (t0, p0, _), (t1, p1, _) = history[-2], history[-1]
+        (t0, p0), (t1, p1) = history[-2], history[-1]
         ratio = (stamp - t1) / max(t1 - t0, 1e-9)
         return predict_constant_velocity(p1, p0, ratio)
 
+    def _motion_twist(self, stamp_prev: float, pose_prev: np.ndarray, stamp: float, pose: np.ndarray) -> np.ndarray:
+        """Exposure twist ``[6]`` of a frame from its motion: velocity x exposure time (the
+        exposure ratio times the camera's frame period), mapping refines it for keyframes."""
+        dt = max(stamp - stamp_prev, 1e-9)
+        period = min(self._frame_interval or dt, dt)
+        return initial_twist(pose_prev, pose, self.config.blur.exposure_ratio * period / dt)
+
     def _settings(self, intrinsics: Intrinsics) -> RenderSettings:
         r = self.config.render
-        s = self.mapper.scene_scale
+        s = self._scene_scale
         return RenderSettings(intrinsics.width, intrinsics.height, r.sh_degree, r.near_plane * s, r.far_plane * s, r.eps2d, r.background, r.backend)
 
-    def _scene(self) -> SceneTensors:
-        """The map as rendered now: motion groups at their latest poses."""
-        scene = scene_tensors(self.gmap, detach=True)
-        return self.motion.scene(scene) if self.motion is not None else scene
+    def _scene(self, snap: MapSnapshot) -> SceneTensors:
+        """The map as rendered for tracking: motion groups at their latest poses."""
+        return self.motion.scene(snap.scene) if self.motion is not None else snap.scene
 
-    def _track(self, frame: Frame, pose_pred: np.ndarray, twist_init: np.ndarray, refine: bool, exclude: np.ndarray | None = None) -> TrackingResult:
-        scene = self._scene()
+    def _track(self, frame: Frame, pose_pred: np.ndarray, twist_init: np.ndarray, snap: MapSnapshot,
+               refine: bool = False, exclude: np.ndarray | None = None) -> TrackingResult:
         if exclude is None and self.motion is not None:
             exclude = self.motion.exclusion_mask()
+        refine = refine and self.config.tracking.refine_steps > 0
+        target = self._image_tensor(frame) if refine else None
         return self.tracker.track(
-            frame.image, self._image_tensor(frame), frame.intrinsics, pose_pred, twist_init, scene,
-            self._settings(frame.intrinsics), exclude=exclude, refine=refine, scene_scale=self.mapper.scene_scale,
+            frame.image, target, frame.intrinsics, pose_pred, twist_init, self._scene(snap),
+            self._settings(frame.intrinsics), exclude=exclude, refine=refine, scene_scale=self._scene_scale,
         )
 
     def _track_step(self, frame: Frame) -> FrameResult:
         cfg = self.config
         timings = StageTimings()
-        pred = self._predict(self._track_history, frame.stamp)
-        prev_twist = self._track_history[-1][2]
-        if not np.any(prev_twist):
-            prev_twist = initial_twist(self._track_history[-1][1], pred, cfg.blur.exposure_ratio)
-        res = self._track(frame, pred, prev_twist, refine=True)
+        snap = self._snapshot()
+        history = [(rec.stamp, self._final_pose(rec, snap)) for rec in self._history]
+        last_stamp, last_pose = history[-1]
+        gap = frame.stamp - last_stamp
+        stale = gap > cfg.tracking.max_gap_s
+        pred = last_pose.copy() if stale else self._predict(history, frame.stamp)
+        twist = self._history[-1].twist
+        if not np.any(twist):
+            twist = self._motion_twist(last_stamp, last_pose, frame.stamp, pred)
+        res = self._track(frame, pred, twist, snap, refine=True)
         timings.flow = res.timings.get("flow", 0.0)
         timings.render = res.timings.get("render", 0.0)
         timings.tracking = res.timings.get("gauss_newton+refine", 0.0)
         state = TrackingState.TRACKING
         if res.lost:
             self.counters.lost_frames += 1
-            reloc = self._relocalize(frame)
+            reloc = self._relocalize(frame, snap)
             if reloc is not None:
                 res, state = reloc, TrackingState.RELOCALIZED
                 self.counters.relocalizations += 1
@@ -399,6 +523,8 @@ class Reconstructor:
                 self._lost_run += 1
         else:
             self._lost_run = 0
+        if not res.twist_refined:  # the exposure twist of an ordinary frame comes from its motion
+            res.twist = self._motion_twist(last_stamp, last_pose, frame.stamp, res.pose)
         record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy())
         record.image = frame.image if self.keep_frames else None
         self._records.append(record)
@@ -407,54 +533,61 @@ class Reconstructor:
         if state is TrackingState.LOST:
             log.warning("frame %d: tracking lost (%s)", frame.index, res.reason)
             self._store_pose(record, res.pose, state, self._nearest_keyframe(frame.stamp))
-            if self._lost_run > cfg.tracking.max_lost_frames:
-                self._reinitialize(frame, record)
+            if self._lost_run > cfg.tracking.max_lost_frames or stale:
+                self._reinitialize(frame, record, "a long gap in the image stream" if stale else
+                                   f"tracking lost for {self._lost_run} frames")
             return self._result(frame, record, timings, res.inlier_ratio)
-        decision = self._keyframe_decision(frame, res)
+        decision = self._keyframe_decision(frame, res, snap)
         if decision.is_keyframe:
             t0 = time.perf_counter()
-            kf_id = self._add_keyframe(frame, res, record)
+            kf_id = self._submit_keyframe(frame, res, record)
             timings.mapping = time.perf_counter() - t0
             record.is_keyframe = True
-            pose = self.keyframes[kf_id].numpy_pose()
-            record.online_pose = pose.copy()
-            record.twist = self.keyframes[kf_id].twist().detach().numpy()
-            self._store_pose(record, pose, state, kf_id)
+            snap = self._snapshot()
+            record.online_pose = self._keyframe_pose(kf_id, snap).copy()  # inline: refined by its round
+            record.twist = snap.keyframe_twists.get(kf_id, record.twist).copy()
+            self._store_pose(record, record.online_pose, state, kf_id)
             log.debug("frame %d: keyframe %d (%s)", frame.index, kf_id, decision.reason)
         else:
-            self._store_pose(record, res.pose, state, self.window[-1])
-        self._track_history.append((frame.stamp, record.online_pose.copy(), record.twist.copy()))
-        self._track_history = self._track_history[-3:]
+            self._store_pose(record, res.pose, state, self.num_keyframes - 1)
+        self._history = (self._history + [record])[-3:]
         return self._result(frame, record, timings, res.inlier_ratio)
 
     def _observe_motion(self, frame: Frame, res: TrackingResult, record: _FrameRecord) -> None:
         """Detect / move / spawn / merge motion groups with the tracked frame."""
         assert self.motion is not None
         t0 = time.perf_counter()
+        depth, alpha = res.render.depth[0, ..., 0].numpy(), res.render.alpha[0, ..., 0].numpy()
+        if depth.shape != frame.image.shape[:2]:  # tracking rendered at tracking.render_scale
+            size = (frame.image.shape[1], frame.image.shape[0])
+            depth = cv2.resize(depth, size, interpolation=cv2.INTER_NEAREST)
+            alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_LINEAR)
         obs = self.motion.observe(
-            frame.image, res.pose, res.render.depth[0, ..., 0].numpy(), res.render.alpha[0, ..., 0].numpy(),
-            frame.intrinsics, self.gmap, self.mapper.scene_scale, self.config.blur.exposure_ratio,
+            frame.image, res.pose, depth, alpha,
+            frame.intrinsics, _BackendMap(self), self._scene_scale, self.config.blur.exposure_ratio,
             self._settings(frame.intrinsics),
         )
         record.group_poses, record.group_twists, record.dynamic_mask = obs.poses, obs.twists, obs.mask
         self.counters.groups_spawned += len(obs.spawned)
         self.counters.groups_merged += len(obs.merged)
-        for g in obs.merged:  # merged Gaussians are static now: forget the group everywhere
-            for kf in self.keyframes:
-                kf.group_poses.pop(g, None)
-                kf.group_twists.pop(g, None)
+        for g in obs.merged:  # merged Gaussians are static now: forget the group in every frame (keyframes: the edit)
             for rec in self._records:
                 rec.group_poses.pop(g, None)
                 rec.group_twists.pop(g, None)
         log.debug("frame %d: motion handling %.3f s, groups %s", frame.index, time.perf_counter() - t0, sorted(obs.poses))
 
-    def _keyframe_decision(self, frame: Frame, res: TrackingResult) -> KeyframeDecision:
+    def _keyframe_decision(self, frame: Frame, res: TrackingResult, snap: MapSnapshot) -> KeyframeDecision:
         """Keyframe test on coverage, translational parallax since the last keyframe and time.
 
         Parallax is measured with the current rotation for both positions, so camera shake
         (rotation) does not spawn keyframes; new areas it reveals show up as low coverage.
+        While mapping has not integrated the last keyframe yet (concurrent mode), no new one
+        is made: its area is not in the map yet, so coverage says nothing new.
         """
-        last = self.keyframes[self.window[-1]]
+        if self.concurrent and self.mapping_backlog > 0:
+            return KeyframeDecision(False, "")
+        last_id = self.num_keyframes - 1
+        last_position = self._keyframe_pose(last_id, snap)[:3, 3]
         parallax_px = 0.0
         if len(res.points):
             k = frame.intrinsics.numpy()
@@ -464,27 +597,24 @@ class Reconstructor:
                 x = (res.points - position) @ rot
                 return (x[:, :2] / np.maximum(x[:, 2:3], 1e-9)) * [k[0, 0], k[1, 1]]
 
-            parallax_px = float(np.median(np.linalg.norm(proj(res.pose[:3, 3]) - proj(last.numpy_pose()[:3, 3]), axis=1)))
-        return decide_keyframe(res.coverage, parallax_px, frame.stamp - last.stamp, self.config.keyframes)
+            parallax_px = float(np.median(np.linalg.norm(proj(res.pose[:3, 3]) - proj(last_position), axis=1)))
+        return decide_keyframe(res.coverage, parallax_px, frame.stamp - self._keyframe_stamps[last_id], self.config.keyframes)
 
-    def _relocalize(self, frame: Frame) -> TrackingResult | None:
+    def _relocalize(self, frame: Frame, snap: MapSnapshot) -> TrackingResult | None:
         """Track from each window keyframe's pose (newest first); accept the first that holds."""
-        for kf_id in reversed(self.window):
-            kf = self.keyframes[kf_id]
-            res = self._track(frame, kf.numpy_pose(), kf.twist().detach().numpy(), refine=False)
+        for kf_id in reversed(snap.window):
+            res = self._track(frame, snap.keyframe_poses[kf_id], snap.keyframe_twists[kf_id], snap)
             if not res.lost:
                 log.info("frame %d: relocalized against keyframe %d", frame.index, kf_id)
                 return res
         return None
 
-    def _reinitialize(self, frame: Frame, record: _FrameRecord) -> None:
-        log.warning(
-            "frame %d: tracking lost for %d frames, relocalization failed: re-initializing (new map, new scale)",
-            frame.index, self._lost_run,
-        )
+    def _reinitialize(self, frame: Frame, record: _FrameRecord, why: str) -> None:
+        log.warning("frame %d: %s, relocalization failed: re-initializing (new map, new scale)", frame.index, why)
+        snap = self.store.latest()
         for rec in self._records:
             if rec.reference is not None:
-                rec.absolute = self._final_pose(rec)
+                rec.absolute = self._final_pose(rec, snap)
                 rec.reference = rec.relative = None
         self.counters.reinitializations += 1
         self._new_map()
@@ -494,7 +624,7 @@ class Reconstructor:
     def _make_keyframe(
         self, frame: Frame, pose: np.ndarray, twist: np.ndarray, record: _FrameRecord | None = None, fixed: bool = False
     ) -> Keyframe:
-        unit = twist_units(self.mapper.scene_scale)
+        unit = twist_units(self._scene_scale)
         groups = record.group_poses if record is not None else {}
         group_twists = record.group_twists if record is not None else {}
         mask = record.dynamic_mask if record is not None else None
@@ -512,49 +642,16 @@ class Reconstructor:
             group_twists={g: torch.from_numpy(group_twists.get(g, np.zeros(6)).copy()) for g in groups},
         )
 
-    def _add_keyframe(self, frame: Frame, res: TrackingResult, record: _FrameRecord) -> int:
+    def _submit_keyframe(self, frame: Frame, res: TrackingResult, record: _FrameRecord) -> int:
+        """Hand ``frame`` to mapping as the next keyframe; returns its id."""
+        assert self.backend is not None
         kf = self._make_keyframe(frame, res.pose, res.twist, record)
-        previous = self.keyframes[self.window[-1]]
-        self.keyframes.append(kf)
-        kf_id = len(self.keyframes) - 1
-        self.window, removed = add_to_window(self.window, kf_id, self.config.keyframes.window_size)
-        self.frozen = self.frozen + removed
+        kf_id = self.num_keyframes
+        self._keyframe_stamps.append(frame.stamp)
+        self._pending_poses[kf_id] = res.pose.copy()
         self.counters.keyframes += 1
-        fallback = self._triangulated_depth(previous, kf)
-        self._mapping_round(kf, fallback)
+        self.backend.submit(kf)
         return kf_id
-
-    def _mapping_round(self, newest: Keyframe, fallback_depth: np.ndarray | None) -> MappingStats:
-        replay_id = choose_replay(self.frozen, self.mapping_rounds, self.config.keyframes.replay_every, self.rng)
-        replay = self.keyframes[replay_id] if replay_id is not None else None
-        stats = self.mapper.optimize([self.keyframes[i] for i in self.window], newest, replay, fallback_depth)
-        self.mapping_rounds += 1
-        self.counters.skipped_mapping_steps += stats.skipped_steps
-        return stats
-
-    def _triangulated_depth(self, a: Keyframe, b: Keyframe) -> np.ndarray | None:
-        """Dense depth ``[H, W]`` of keyframe ``b`` triangulated from flow to keyframe ``a``."""
-        img_a = (a.image.numpy() * 255).astype(np.uint8)
-        img_b = (b.image.numpy() * 255).astype(np.uint8)
-        flow = self.flow(img_b, img_a)
-        h, w = flow.shape[:2]
-        px = grid_samples(w, h, stride=4)
-        fl = flow[px[:, 1].astype(int), px[:, 0].astype(int)].astype(np.float64)
-        pa = px + fl
-        k = b.intrinsics.numpy()
-        pts = triangulate(k, b.numpy_pose(), a.numpy_pose(), px, pa)
-        pose_b = b.numpy_pose()
-        z = ((pts - pose_b[:3, 3]) @ pose_b[:3, :3])[:, 2]
-        base = np.linalg.norm(pose_b[:3, 3] - a.numpy_pose()[:3, 3])
-        ok = np.isfinite(z) & (z > 0) & (base / np.maximum(z, 1e-9) > 0.01)
-        if ok.sum() < 50:
-            return None
-        depth = np.full((h, w), np.nan, np.float32)
-        # splat each sample's depth onto its stride x stride cell (nearest-sample upsampling)
-        s = 4
-        for (u, v), d in zip(px[ok].astype(int), z[ok]):
-            depth[max(v - s // 2, 0) : v + s - s // 2, max(u - s // 2, 0) : u + s - s // 2] = d
-        return depth
 
     def finalize(self, iterations: int | None = None) -> MappingStats:
         """Offline: jointly refine the map, poses and exposure twists over every tracked frame.
@@ -564,9 +661,15 @@ class Reconstructor:
         Deblurring benchmarks evaluate the deblurred training views this way.
         """
         iters = self.config.mapping.final_iters if iterations is None else iterations
-        if not self.initialized or iters <= 0:
+        if not self.initialized or iters <= 0 or self.backend is None:
             return MappingStats()
-        by_frame = {kf.frame_index: kf for kf in self.keyframes}
+        backend = self.backend
+        if backend.concurrent:  # the rest runs here, on the map the mapping thread leaves behind
+            backend.wait_idle()
+            backend.stop()
+        self._take_late_poses()
+        snap = backend.publish()
+        by_frame = {kf.frame_index: kf for kf in backend.keyframes}
         views: list[tuple[_FrameRecord | None, Keyframe]] = []
         for rec in self._records:
             if rec.state in (TrackingState.INITIALIZING, TrackingState.LOST):
@@ -576,7 +679,7 @@ class Reconstructor:
                 views.append((None, kf))
             elif rec.image is not None and self._intrinsics is not None:
                 view = self._make_keyframe(
-                    Frame(rec.image, rec.stamp, self._intrinsics, rec.index), self._final_pose(rec), rec.twist, rec
+                    Frame(rec.image, rec.stamp, self._intrinsics, rec.index), self._final_pose(rec, snap), rec.twist, rec
                 )
                 views.append((rec, view))
         limit = max(self.config.mapping.final_max_views, 2)
@@ -588,7 +691,7 @@ class Reconstructor:
         stats = MappingStats()
         self._retrack_groups(frames)  # online group poses come from frame-to-frame flow: refit first
         for r in range(rounds):
-            part = self.mapper.refine_all(frames, iters // rounds + (1 if r < iters % rounds else 0))
+            part = backend.mapper.refine_all(frames, iters // rounds + (1 if r < iters % rounds else 0))
             stats.iterations += part.iterations
             stats.added += part.added
             stats.pruned += part.pruned
@@ -607,12 +710,13 @@ class Reconstructor:
                 rec.group_twists = {g: e.detach().numpy().copy() for g, e in view.group_twists.items()}
                 if view.dynamic_mask is not None:
                     rec.dynamic_mask = view.dynamic_mask.numpy().copy()
+        backend.publish()
         return stats
 
     def _retrack(self, views: list[Keyframe]) -> None:
         """JOGS's pose step against the refined map: flow-lifted Gauss-Newton for every view's
         camera (motion groups placed at the view's own poses of them), then every motion group."""
-        base = scene_tensors(self.gmap, detach=True)
+        base = scene_tensors(self.backend.gmap, detach=True)
         for view in views:
             if view.fixed:
                 continue
@@ -621,8 +725,8 @@ class Reconstructor:
             exclude = exclusion_margin(view.dynamic_mask.numpy()) if view.dynamic_mask is not None else None
             res = self.tracker.track(
                 image, view.image, view.intrinsics, view.numpy_pose(), view.twist().detach().numpy(), scene,
-                self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self.mapper.scene_scale,
-                blurred_subframes=self.mapper.subframes() | 1,  # odd: a middle sub-frame at s = 0
+                self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self._scene_scale,
+                blurred_subframes=self.backend.mapper.subframes() | 1,  # odd: a middle sub-frame at s = 0
             )
             if not res.lost and np.isfinite(res.pose).all():
                 view.pose = torch.from_numpy(res.pose.copy())
@@ -635,10 +739,10 @@ class Reconstructor:
         detection, after its region was lost) for as long as tracking holds."""
         if self.motion is None:
             return
-        base = scene_tensors(self.gmap, detach=True)
-        present = sorted(int(g) for g in torch.unique(self.gmap.group_ids).tolist() if g > 0)
+        base = scene_tensors(self.backend.gmap, detach=True)
+        present = sorted(int(g) for g in torch.unique(self.backend.gmap.group_ids).tolist() if g > 0)
         dyn = self.config.dynamic
-        subframes = self.mapper.subframes() | 1
+        subframes = self.backend.mapper.subframes() | 1
         ratio = self.config.blur.exposure_ratio
         for g in present:
             seen = [i for i, v in enumerate(views) if g in v.group_poses]
@@ -686,64 +790,66 @@ class Reconstructor:
     def _store_pose(self, rec: _FrameRecord, pose: np.ndarray, state: TrackingState, reference: int | None) -> None:
         rec.state = state
         rec.online_pose = pose.copy() if rec.state is not TrackingState.INITIALIZING else rec.online_pose
-        if reference is None or reference >= len(self.keyframes):
+        if reference is None or reference >= self.num_keyframes:
             rec.absolute, rec.reference, rec.relative = pose.copy(), None, None
             return
         rec.reference = reference
-        rec.relative = np.linalg.inv(self.keyframes[reference].numpy_pose()) @ pose
+        rec.relative = np.linalg.inv(self._keyframe_pose(reference)) @ pose
         rec.absolute = None
 
     def _nearest_keyframe(self, stamp: float) -> int | None:
-        if not self.keyframes:
+        if not self._keyframe_stamps:
             return None
-        return int(np.argmin([abs(kf.stamp - stamp) for kf in self.keyframes]))
+        return int(np.argmin([abs(s - stamp) for s in self._keyframe_stamps]))
 
-    def _final_pose(self, rec: _FrameRecord) -> np.ndarray:
+    def _final_pose(self, rec: _FrameRecord, snap: MapSnapshot | None = None) -> np.ndarray:
+        """Latest ``[4, 4]`` estimate of a frame: relative to its keyframe as mapping refined it."""
         if rec.reference is not None and rec.relative is not None:
-            return self.keyframes[rec.reference].numpy_pose() @ rec.relative
+            return self._keyframe_pose(rec.reference, snap) @ rec.relative
         if rec.absolute is not None:
             return rec.absolute.copy()
         return rec.online_pose.copy()
 
     def _final_group_poses(self, rec: _FrameRecord) -> dict[int, np.ndarray]:
         """Group poses of a frame; a keyframe's refined ones when the frame is a keyframe."""
-        if rec.is_keyframe and rec.reference is not None:
-            kf = self.keyframes[rec.reference]
-            return {g: m.detach().numpy().copy() for g, m in kf.group_poses.items()}
+        keyframes = self.backend.keyframes if self.backend is not None else []
+        if rec.is_keyframe and rec.reference is not None and rec.reference < len(keyframes):
+            poses = dict(keyframes[rec.reference].group_poses)  # one atomic copy (mapping may edit it)
+            return {g: m.detach().numpy().copy() for g, m in poses.items()}
         return {g: m.copy() for g, m in rec.group_poses.items()}
+
+    def _point(self, rec: _FrameRecord, snap: MapSnapshot | None, online: bool) -> TrajectoryPoint:
+        if online:
+            return TrajectoryPoint(rec.index, rec.stamp, rec.online_pose.copy(), rec.state, rec.is_keyframe,
+                                   dict(rec.group_poses), rec.dynamic_mask)
+        return TrajectoryPoint(rec.index, rec.stamp, self._final_pose(rec, snap), rec.state, rec.is_keyframe,
+                               self._final_group_poses(rec), rec.dynamic_mask)
 
     def trajectory(self) -> list[TrajectoryPoint]:
         """Latest pose estimate of every frame that has one (keyframe-relative poses follow
-        their keyframe's refinement; frames that never got a pose are left out)."""
-        return [
-            TrajectoryPoint(rec.index, rec.stamp, self._final_pose(rec), rec.state, rec.is_keyframe,
-                            self._final_group_poses(rec), rec.dynamic_mask)
-            for rec in self._records
-            if rec.state is not TrackingState.INITIALIZING
-        ]
+        their keyframe's refinement; frames that never got a pose are left out).
+
+        Like :meth:`process`, call it from the tracking thread."""
+        self._take_late_poses()
+        snap = self.store.latest()
+        return [self._point(rec, snap, online=False) for rec in self._records if rec.state is not TrackingState.INITIALIZING]
 
     def online_trajectory(self) -> list[TrajectoryPoint]:
-        """Poses exactly as :meth:`process` returned them (what a live system published)."""
-        return [
-            TrajectoryPoint(rec.index, rec.stamp, rec.online_pose.copy(), rec.state, rec.is_keyframe,
-                            dict(rec.group_poses), rec.dynamic_mask)
-            for rec in self._records
-            if rec.state is not TrackingState.INITIALIZING
-        ]
+        """Poses as :meth:`process` returned them (what a live system published); frames
+        buffered before initialization with the pose they got afterwards (``FrameResult.late``)."""
+        self._take_late_poses()
+        return [self._point(rec, None, online=True) for rec in self._records if rec.state is not TrackingState.INITIALIZING]
 
     @torch.no_grad()
     def render(
         self, pose: np.ndarray, intrinsics: Intrinsics, group_poses: dict[int, np.ndarray] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Sharp render of the map: RGB ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (NaN = empty).
+        """Sharp render of the newest map: RGB ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (NaN = empty).
 
         ``group_poses``: where each motion group is (group -> ``[4, 4]``); groups not given are
-        not rendered.
+        not rendered. Safe from any thread (it renders a snapshot).
         """
-        from .scene.blur import render_views
-
-        scene = scene_tensors(self.gmap, detach=True)
-        scene = move_groups(scene, {g: torch.from_numpy(m) for g, m in (group_poses or {}).items()})
+        scene = move_groups(self._snapshot().scene, {g: torch.from_numpy(m) for g, m in (group_poses or {}).items()})
         out = render_views(scene, torch.from_numpy(pose)[None], intrinsics.matrix(torch.float64), self._settings(intrinsics))
         rgb = (out.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         depth = out.depth[0, ..., 0].cpu().numpy().astype(np.float32)
@@ -751,15 +857,37 @@ class Reconstructor:
         return rgb, depth
 
     def keyframe_poses(self) -> list[np.ndarray]:
-        """Current camera-to-map poses ``[4, 4]`` of all keyframes."""
-        return [kf.numpy_pose() for kf in self.keyframes]
+        """Current camera-to-map poses ``[4, 4]`` of all keyframes, by id."""
+        snap = self.store.latest()
+        return [self._keyframe_pose(i, snap) for i in range(self.num_keyframes)]
 
     def map_cloud(self) -> tuple[np.ndarray, np.ndarray]:
-        """Gaussian centres ``[N, 3]`` float32 and colours ``[N, 3]`` uint8."""
-        xyz = self.gmap.means.detach().cpu().numpy().astype(np.float32)
-        rgb = (self.gmap.rgb().cpu().numpy() * 255 + 0.5).astype(np.uint8)
+        """Gaussian centres ``[N, 3]`` float32 and colours ``[N, 3]`` uint8 of the newest map."""
+        snap = self.store.latest()
+        if snap is None:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        xyz = snap.state["means"].cpu().numpy().astype(np.float32)
+        rgb = (sh0_to_rgb(snap.state["sh0"][:, 0]).cpu().numpy() * 255 + 0.5).astype(np.uint8)
         return xyz, rgb
 
     def save_map(self, path: str | Path) -> Path:
-        """Write the map as a standard 3DGS PLY, atomically."""
-        return self.gmap.save_ply(path)
+        """Write the newest map as a standard 3DGS PLY, atomically."""
+        snap = self.store.latest()
+        if snap is None:
+            raise RuntimeError("no map yet: nothing to save")
+        return write_ply(path, snap.state)
+
+
+class _BackendMap:
+    """The map as motion handling sees it (:class:`~posegs_ros.dynamic.motion_groups.MapAccess`):
+    reads the newest snapshot, hands edits to the mapping back end."""
+
+    def __init__(self, engine: Reconstructor) -> None:
+        self._engine = engine
+
+    def scene(self) -> SceneTensors:
+        return self._engine._snapshot().scene
+
+    def edit(self, change: MapEdit) -> None:
+        assert self._engine.backend is not None
+        self._engine.backend.edit(change)

@@ -107,3 +107,65 @@ def test_intrinsics_mismatch_message() -> None:
     engine = Reconstructor()
     with pytest.raises(FrameError, match="intrinsics are for 64x48 but the image is 32x24"):
         engine.process(Frame(np.zeros((24, 32, 3), np.uint8), 0.0, Intrinsics(50, 50, 32, 24, 64, 48)))
+
+
+# ----------------------------------------------------------------------------- concurrent mode
+TIMEOUT = 300.0  # bounds for a busy CI machine; the tests wait for events and snapshot versions
+
+
+def test_concurrent_engine_poses_every_frame_and_mapping_refinements_reach_them(small_sequence, fast_config) -> None:
+    seq = small_sequence
+    with Reconstructor(fast_config, concurrent=True) as engine:
+        results = [engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index)) for f in seq.frames]
+        assert engine.backend.wait_idle(TIMEOUT)
+        late = {p.index for r in results for p in r.late}
+        snap = engine.store.latest()
+        traj = {p.index: p for p in engine.trajectory()}
+        online = {p.index: p for p in engine.online_trajectory()}
+    # every frame has a pose: tracked live, or (buffered before initialization) posed by mapping afterwards
+    assert sorted(traj) == [f.index for f in seq.frames]
+    assert late and all(not results[i].has_pose for i in late)
+    for r in results:
+        if r.has_pose:
+            assert np.array_equal(online[r.index].pose, r.pose)  # the online trajectory is what process returned
+    refs = [rec for rec in engine._records if rec.reference is not None and not rec.is_keyframe]
+    assert refs
+    for rec in refs:  # stored relative to a keyframe: mapping's refinement of the keyframe moves the frame
+        assert np.allclose(traj[rec.index].pose, snap.keyframe_poses[rec.reference] @ rec.relative)
+    moved = [i for i, r in enumerate(results) if r.is_keyframe and not np.allclose(r.pose, traj[r.index].pose)]
+    assert moved, "mapping refined no keyframe pose"
+    assert engine.stats()["mapping_rounds"] >= 2
+
+
+def test_reset_and_close_with_a_mapping_round_in_flight(small_sequence, fast_config) -> None:
+    from posegs_ros.config import apply_flat
+
+    seq = small_sequence
+    cfg = apply_flat(fast_config, {"mapping.gaussian_iters": 100_000})  # rounds that never end by themselves
+    engine = Reconstructor(cfg, concurrent=True)
+    try:
+        for f in seq.frames:
+            engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index))
+            if engine.initialized:
+                break
+        old = engine.backend
+        assert old.in_round.wait(TIMEOUT), "no mapping round started"
+        engine.reset()
+        assert not old.running and old is not engine.backend and engine.backend.running
+        assert engine.num_gaussians == 0 and engine.trajectory() == [] and not engine.initialized
+        for f in seq.frames[:3]:  # the engine takes frames again
+            assert engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index)).state is TrackingState.INITIALIZING
+    finally:
+        engine.close()
+    assert not engine.backend.running
+
+
+def test_after_a_long_gap_an_unrelated_view_reinitializes_at_once(small_sequence, fast_config) -> None:
+    seq = small_sequence
+    engine, results = run(seq, fast_config)
+    assert results[-1].has_pose
+    noise = np.random.default_rng(1).integers(0, 256, seq.frames[0].blurred.shape, dtype=np.uint8)
+    gap = fast_config.tracking.max_gap_s + 1.0
+    result = engine.process(Frame(noise, seq.frames[-1].stamp + gap, seq.intrinsics, 99))
+    assert result.state is TrackingState.LOST
+    assert engine.counters.reinitializations == 1 and not engine.initialized  # not max_lost_frames later

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -46,9 +47,14 @@ from .detection import (
 )
 from ..tracking.flow import DenseFlow
 from ..scene.gaussians import GaussianMap
+from ..scene.keyframes import Keyframe
+from ..scene.snapshot import MapEdit
 from ..geometry import se3_log
 
-__all__ = ["MotionGroup", "GroupObservation", "MotionGroups", "GroupTrack", "track_group", "exclusion_margin"]
+__all__ = [
+    "MotionGroup", "GroupObservation", "MotionGroups", "GroupTrack", "track_group", "exclusion_margin", "MapAccess",
+    "DirectMapAccess",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,32 @@ class GroupObservation:
     twists: dict[int, np.ndarray]  # group -> [6]
     spawned: list[int] = field(default_factory=list)
     merged: list[int] = field(default_factory=list)
+
+
+class MapAccess(Protocol):
+    """How motion handling reads and changes the map it does not own."""
+
+    def scene(self) -> SceneTensors:
+        """The map now: render-ready Gaussians with their group ids (read-only)."""
+
+    def edit(self, change: MapEdit) -> None:
+        """Have the map's owner run ``change(gmap, keyframes)`` (at once, or between two mapping steps)."""
+
+
+class DirectMapAccess:
+    """:class:`MapAccess` to a :class:`GaussianMap` the caller owns: edits apply at once."""
+
+    def __init__(self, gmap: GaussianMap, keyframes: list[Keyframe] | None = None) -> None:
+        self.gmap = gmap
+        self.keyframes = keyframes if keyframes is not None else []
+
+    def scene(self) -> SceneTensors:
+        from ..mapping.mapper import scene_tensors
+
+        return scene_tensors(self.gmap, detach=True)
+
+    def edit(self, change: MapEdit) -> None:
+        change(self.gmap, self.keyframes)
 
 
 EXCLUSION_MARGIN_PX = 4  # about half a moving object's blur plus the flow's smear around it
@@ -219,7 +251,7 @@ class MotionGroups:
         depth: np.ndarray,
         alpha: np.ndarray,
         intrinsics: Intrinsics,
-        gmap: GaussianMap,
+        world: MapAccess,
         scene_scale: float,
         exposure_ratio: float,
         settings: RenderSettings | None = None,
@@ -231,6 +263,7 @@ class MotionGroups:
             pose: ``[4, 4]`` its solved camera-to-map pose.
             depth: ``[H, W]`` rendered depth of the map (with groups) at ``pose``.
             alpha: ``[H, W]`` rendered opacity at ``pose``.
+            world: the map (read; spawns and merges are edits its owner applies).
             settings: render settings of the frame; with them (and ``dynamic.track_groups``)
                 groups that already have Gaussians are tracked against them
                 (:func:`track_group`), the region flow being the fallback.
@@ -253,14 +286,14 @@ class MotionGroups:
         mask = np.zeros(image.shape[:2], bool)
         tracked: dict[int, GroupTrack] = {}
         if settings is not None and self.cfg.dynamic.track_groups:
-            tracked = self._track_models(image, pose, intrinsics, gmap, settings, {r.id for r in confirmed})
+            tracked = self._track_models(image, pose, intrinsics, world.scene(), settings, {r.id for r in confirmed})
         for region in confirmed:
             grp = linked.get(region.id)
             depth_move = depth_prev
             if grp is None:
                 if len(self.groups) >= self.cfg.dynamic.max_groups:
                     continue
-                grp = self._spawn(region.mask, image_prev, pose_prev, depth_prev, intrinsics, gmap)
+                grp = self._spawn(region.mask, image_prev, pose_prev, depth_prev, intrinsics, world)
                 if grp is None:
                     continue
                 grp.region_id = region.id
@@ -268,7 +301,7 @@ class MotionGroups:
                 depth_move = np.where(region.mask, np.float32(grp.depth), depth_prev)
             track = tracked.get(grp.group_id)
             if track is not None:
-                self._moved_to(grp, track.pose, exposure_ratio, self._centroid(gmap, grp))
+                self._moved_to(grp, track.pose, exposure_ratio, self._centroid(world.scene(), grp))
                 mask |= track.visible
             else:
                 self._move(grp, region.mask, depth_move, flow, k, pose_prev, pose, scene_scale, exposure_ratio)
@@ -277,10 +310,10 @@ class MotionGroups:
         live = {r.id for r in regions}
         for g, grp in list(self.groups.items()):
             if grp.region_id not in live:
-                self._merge(g, gmap, reason="its region disappeared")
+                self._merge(g, world, reason="its region disappeared")
                 obs.merged.append(g)
             elif self.history.should_merge(g, scene_scale):
-                self._merge(g, gmap, reason="it stopped moving")
+                self._merge(g, world, reason="it stopped moving")
                 self.segmenter.drop(grp.region_id)
                 obs.merged.append(g)
         obs.mask = mask if mask.any() else None
@@ -299,9 +332,10 @@ class MotionGroups:
         pose: np.ndarray,
         depth: np.ndarray,
         intrinsics: Intrinsics,
-        gmap: GaussianMap,
+        world: MapAccess,
     ) -> MotionGroup | None:
-        """New group from a region of the previous frame (group frame = map frame at that time)."""
+        """New group from a region of the previous frame (group frame = map frame at that time);
+        its Gaussians (and the removal of the static ones it replaces) are a map edit."""
         # depth: monocular, a new object's depth is unknown and only its product with the object's
         # motion is observed; a plane at spawn_depth_ratio of the background depth around the
         # region keeps the object in front of what it occludes (the motion solved with it
@@ -319,22 +353,25 @@ class MotionGroups:
         ys, xs = ys[keep], xs[keep]
         z = np.full(len(xs), self.cfg.dynamic.spawn_depth_ratio * background)
         cam = np.stack([(xs - k[0, 2]) / k[0, 0] * z, (ys - k[1, 2]) / k[1, 1] * z, z], 1)
-        world = cam @ pose[:3, :3].T + pose[:3, 3]
-        self._remove_static_inside(region, background, pose, k, gmap)
+        points = torch.from_numpy(cam @ pose[:3, :3].T + pose[:3, 3]).float()
         g = self._next_id
         self._next_id += 1
         rgb = torch.from_numpy(image[ys, xs].astype(np.float32) / 255.0)
         scale = torch.from_numpy(z / k[0, 0] * stride * 0.5).float()
-        added = gmap.add(torch.from_numpy(world).float(), rgb, scale, opacities=0.8, group_ids=g)
-        if added == 0:
-            return None
+
+        def spawn(gmap: GaussianMap, keyframes: list[Keyframe]) -> None:
+            self._remove_static_inside(region, background, pose, k, gmap)
+            added = gmap.add(points, rgb, scale, opacities=0.8, group_ids=g)
+            log.info("motion group %d spawned: %d Gaussians at depth %.2f", g, added, float(np.median(z)))
+
+        world.edit(spawn)
         grp = MotionGroup(group_id=g, region_id=-1, pose=np.eye(4), depth=float(z[0]))
         self.groups[g] = grp
-        log.info("motion group %d spawned: %d Gaussians at depth %.2f", g, added, float(np.median(z)))
         return grp
 
+    @staticmethod
     @torch.no_grad()
-    def _remove_static_inside(self, region: np.ndarray, background_depth: float, pose: np.ndarray,
+    def _remove_static_inside(region: np.ndarray, background_depth: float, pose: np.ndarray,
                               k: np.ndarray, gmap: GaussianMap) -> None:
         """Drop static Gaussians that project into ``region`` in front of its background: the
         object mapped as static before it was detected (they would stay behind as a ghost)."""
@@ -357,12 +394,9 @@ class MotionGroups:
         if remove.any():
             gmap.remove(torch.from_numpy(remove))
 
-    def _track_models(self, image: np.ndarray, pose: np.ndarray, intrinsics: Intrinsics, gmap: GaussianMap,
+    def _track_models(self, image: np.ndarray, pose: np.ndarray, intrinsics: Intrinsics, scene: SceneTensors,
                       settings: RenderSettings, live_regions: set[int]) -> dict[int, GroupTrack]:
-        """Track every group with a live region against its own Gaussians (trusted results only)."""
-        from ..mapping.mapper import scene_tensors
-
-        scene = scene_tensors(gmap, detach=True)
+        """Track every group with a live region against its own Gaussians in ``scene`` (trusted results only)."""
         predicted = {g: grp.step @ grp.pose for g, grp in self.groups.items()}
         out: dict[int, GroupTrack] = {}
         for g, grp in self.groups.items():
@@ -379,10 +413,11 @@ class MotionGroups:
         return out
 
     @staticmethod
-    def _centroid(gmap: GaussianMap, grp: MotionGroup) -> np.ndarray:
+    def _centroid(scene: SceneTensors, grp: MotionGroup) -> np.ndarray:
         """``[3]`` centre of the group's Gaussians in the map at its current pose."""
-        sel = gmap.group_ids == grp.group_id
-        c = gmap.means.detach()[sel].double().mean(0).numpy() if bool(sel.any()) else np.zeros(3)
+        assert scene.group_ids is not None
+        sel = scene.group_ids == grp.group_id
+        c = scene.means[sel].double().mean(0).numpy() if bool(sel.any()) else np.zeros(3)
         return grp.pose[:3, :3] @ c + grp.pose[:3, 3]
 
     def _moved_to(self, grp: MotionGroup, new_pose: np.ndarray, exposure_ratio: float,
@@ -414,22 +449,31 @@ class MotionGroups:
         else:  # constant velocity (not evidence of motion: the history is left alone)
             self._moved_to(grp, grp.step @ grp.pose, exposure_ratio, None)
 
-    @torch.no_grad()
-    def _merge(self, g: int, gmap: GaussianMap, reason: str) -> None:
-        """Bake group ``g`` at its current pose into the static map."""
+    def _merge(self, g: int, world: MapAccess, reason: str) -> None:
+        """Bake group ``g`` at its current pose into the static map (a map edit that also
+        forgets the group in every keyframe)."""
         grp = self.groups.pop(g)
         self.history.drop(g)
-        sel = gmap.group_ids == g
-        if bool(sel.any()):
-            m = torch.from_numpy(grp.pose).to(gmap.means.dtype)
-            moved = move_groups(
-                SceneTensors(gmap.means.detach(), gmap.quats.detach(), gmap.log_scales.detach(),
-                             gmap.opacity_logits.detach(), gmap.params["sh0"].detach(), gmap.group_ids),
-                {g: m},
-            )
-            gmap.params["means"].data.copy_(moved.means)
-            gmap.params["quats"].data.copy_(moved.quats)
-            gmap.group_ids[sel] = 0
+        pose = grp.pose.copy()
+
+        @torch.no_grad()
+        def merge(gmap: GaussianMap, keyframes: list[Keyframe]) -> None:
+            sel = gmap.group_ids == g
+            if bool(sel.any()):
+                m = torch.from_numpy(pose).to(gmap.means.dtype)
+                moved = move_groups(
+                    SceneTensors(gmap.means.detach(), gmap.quats.detach(), gmap.log_scales.detach(),
+                                 gmap.opacity_logits.detach(), gmap.params["sh0"].detach(), gmap.group_ids),
+                    {g: m},
+                )
+                gmap.params["means"].data.copy_(moved.means)
+                gmap.params["quats"].data.copy_(moved.quats)
+                gmap.group_ids[sel] = 0
+            for kf in keyframes:
+                kf.group_poses.pop(g, None)
+                kf.group_twists.pop(g, None)
+
+        world.edit(merge)
         log.info("motion group %d merged into the static map (%s)", g, reason)
 
     def reset(self) -> None:

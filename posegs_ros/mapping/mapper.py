@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -27,7 +27,7 @@ from ..config import PosegsConfig
 from ..scene.gaussians import GaussianMap
 from ..scene.keyframes import Keyframe
 
-__all__ = ["Mapper", "MappingStats", "scene_tensors"]
+__all__ = ["Mapper", "MappingStats", "RoundControl", "scene_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,14 @@ class MappingStats:
     skipped_steps: int = 0  # non-finite losses / gradients that were not applied
 
 
+@dataclass
+class RoundControl:
+    """What the owner of a running round says between two of its steps (see :meth:`Mapper.optimize`)."""
+
+    added: list[Keyframe] = field(default_factory=list)  # keyframes integrated meanwhile: they join the round
+    stop: bool = False  # end the round now (pose corrections made so far are still folded in)
+
+
 class Mapper:
     """Owns the optimization of the Gaussians and of the window keyframes' poses."""
 
@@ -57,6 +65,7 @@ class Mapper:
         self.gmap = gmap
         self.rng = rng
         self.scene_scale = 1.0  # median scene depth at initialization (map units)
+        self.steps = 0  # optimization steps taken (all stages, the final refinement included)
 
     # ------------------------------------------------------------------ setup
     def set_scene_scale(self, scale: float) -> None:
@@ -170,11 +179,14 @@ class Mapper:
         newest: Keyframe | None,
         replay: Keyframe | None = None,
         fallback_depth: np.ndarray | None = None,
+        between_steps: Callable[[], RoundControl] | None = None,
     ) -> MappingStats:
         """Run the three stages on ``window`` (+ an optional replayed frozen keyframe).
 
         ``newest`` (the keyframe that triggered the round) is densified before stage 1 (with
         ``fallback_depth`` ``[H, W]`` where the map is transparent) and again after it.
+        ``between_steps`` (the concurrent mapping thread) is called after every step: keyframes
+        it reports as added join the round (the last one becomes the newest), ``stop`` ends it.
         """
         m = self.cfg.mapping
         stats = MappingStats()
@@ -186,7 +198,7 @@ class Mapper:
         schedule = [("gaussians", m.gaussian_iters), ("poses", m.pose_iters if poses else 0), ("joint", m.joint_iters)]
         frames = list(window) + ([replay] if replay is not None else [])
         pose_frames = [kf for kf in window if not kf.fixed] if poses else []
-        return self._run(schedule, frames, pose_frames, newest, fallback_depth, stats)
+        return self._run(schedule, frames, pose_frames, newest, fallback_depth, stats, between_steps=between_steps)
 
     def refine_all(self, views: list[Keyframe], iterations: int) -> MappingStats:
         """Offline final refinement over ``views`` (keyframes and, in replay, every tracked frame).
@@ -217,9 +229,12 @@ class Mapper:
         stats: MappingStats,
         pick: Callable[[], Keyframe] | None = None,
         final_lr_factor: float = 1.0,
+        between_steps: Callable[[], RoundControl] | None = None,
     ) -> MappingStats:
         """Run ``schedule`` [(stage, steps)]; learning rates of positions and poses decay
         exponentially to ``final_lr_factor`` times their value over the run (1 = constant)."""
+        frames = list(frames)
+        stopped = False
         pose_opt = self._pose_optimizer(pose_frames) if pose_frames else None
         decaying = [g for opt in ([pose_opt] if pose_opt else []) + [self.gmap.optimizers.get("means")] if opt
                     for g in opt.param_groups]
@@ -246,6 +261,17 @@ class Mapper:
                     stats.final_loss = loss
                 else:
                     stats.skipped_steps += 1
+                if between_steps is not None:
+                    control = between_steps()
+                    for added in control.added:
+                        if added not in frames:
+                            frames.append(added)
+                        newest, fallback_depth = added, None  # densified when it was integrated
+                    if control.stop:
+                        stopped = True
+                        break
+            if stopped:
+                break
             if stage == "gaussians" and newest is not None:
                 stats.added += self.densify(newest, fallback_depth)
         for g, lr in zip(decaying, base_lrs):
@@ -263,6 +289,7 @@ class Mapper:
         return frames[int(self.rng.integers(len(frames)))]
 
     def _step(self, kf: Keyframe, gaussians: bool, pose: bool, pose_opt: torch.optim.Optimizer | None) -> float:
+        self.steps += 1
         self.gmap.zero_grad()
         if pose_opt is not None:
             pose_opt.zero_grad(set_to_none=True)

@@ -8,28 +8,50 @@ spinning against PyTorch's on small machines, balances the load dynamically (a t
 is slowed down or descheduled on a busy machine just takes fewer items) and makes results
 independent of the thread count: every item writes its own outputs.
 
-The number of threads follows ``torch.get_num_threads()``.
+The number of threads follows ``torch.get_num_threads()`` unless the calling thread set its
+own budget with :func:`thread_budget` (the engine's tracking and mapping threads each take a
+share of the cores, so that together they do not oversubscribe them).
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["num_threads", "run_blocks", "run_shared"]
+__all__ = ["num_threads", "run_blocks", "run_shared", "set_thread_budget", "thread_budget"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
+_local = threading.local()  # .budget: this thread's renderer threads (None = torch's setting)
 
 
 def num_threads() -> int:
-    """Threads the renderer uses: ``torch.get_num_threads()``."""
-    return max(1, int(torch.get_num_threads()))
+    """Threads the renderer uses from the calling thread: its :func:`thread_budget`, else
+    ``torch.get_num_threads()``."""
+    budget = getattr(_local, "budget", None)
+    return max(1, int(budget if budget is not None else torch.get_num_threads()))
+
+
+def set_thread_budget(threads: int | None) -> None:
+    """Renderer threads for calls made from the calling thread (``None``: follow torch)."""
+    _local.budget = None if threads is None else max(1, int(threads))
+
+
+@contextmanager
+def thread_budget(threads: int | None) -> Iterator[None]:
+    """Within the block, renders started by the calling thread use at most ``threads`` threads."""
+    previous = getattr(_local, "budget", None)
+    set_thread_budget(threads)
+    try:
+        yield
+    finally:
+        _local.budget = previous
 
 
 def _executor(n: int) -> ThreadPoolExecutor:

@@ -35,6 +35,7 @@ from posegs_ros.srv import SaveMap
 from ..config import ConfigError
 from ..io import MessageData
 from ..pipeline import Reconstructor
+from ..warmup import warm_up
 from .params import NODE_NAME, parameter_specs, settings_from_parameters
 from .rclpy_messages import RclpyMessageFactory, message_class, qos_profile
 from .status import DiagnosticsTracker, status_message
@@ -124,7 +125,12 @@ class ReconstructNode(Node):
         engine_logger.addHandler(self._log_handler)
         engine_logger.setLevel(logging.INFO)
         engine_logger.propagate = False  # the ROS logger prints them; no second copy from Python's root
-        self.worker = ReconstructionWorker(Reconstructor(self.config), settings, self.sink)
+        if settings.warm_up:
+            self.get_logger().info("warming up: compiling / loading kernels, exercising the engine once")
+            seconds = warm_up(self.config)
+            self.get_logger().info(f"warm-up done in {seconds:.1f} s")
+        # tracking runs in the worker's thread, mapping in the engine's own thread behind it
+        self.worker = ReconstructionWorker(Reconstructor(self.config, concurrent=True), settings, self.sink)
 
         inputs = MutuallyExclusiveCallbackGroup()
         compressed = settings.image_transport == "compressed"

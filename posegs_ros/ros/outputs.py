@@ -6,6 +6,8 @@ rclpy messages, tests turn it into ``rosbags`` messages.
 
 from __future__ import annotations
 
+import bisect
+
 from collections import deque
 from typing import Iterable, Mapping
 
@@ -65,7 +67,18 @@ class PathHistory:
         self._poses: deque[tuple[int, dict]] = deque(maxlen=max_poses if max_poses > 0 else None)
 
     def append(self, stamp_ns: int, pose: np.ndarray) -> None:
-        self._poses.append((int(stamp_ns), pose_fields(np.asarray(pose, dtype=np.float64))))
+        """Add a pose; one older than the newest (a frame posed late) goes to its place in time."""
+        item = (int(stamp_ns), pose_fields(np.asarray(pose, dtype=np.float64)))
+        if not self._poses or item[0] >= self._poses[-1][0]:
+            self._poses.append(item)
+            return
+        at = bisect.bisect_right([s for s, _ in self._poses], item[0])
+        if self._poses.maxlen is not None and len(self._poses) == self._poses.maxlen:
+            if at == 0:
+                return  # older than everything kept
+            self._poses.popleft()
+            at -= 1
+        self._poses.insert(at, item)
 
     def clear(self) -> None:
         self._poses.clear()

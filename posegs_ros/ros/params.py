@@ -89,6 +89,14 @@ class NodeSettings:
         3, "consecutive engine errors or non-finite poses after which the map is reset (0 = never)"
     )
     map_cloud_period_s: float = _f(2.0, "publish ~/map_cloud at most this often, in seconds (0 = never)")
+    render_period_s: float = _f(
+        0.0, "render ~/deblurred and ~/depth at most this often, in seconds (0 = every tracked frame the render "
+        "thread keeps up with; a frame whose render has not started when the next is tracked is skipped)"
+    )
+    warm_up: bool = _f(
+        True, "before subscribing, compile / load the kernels and run the engine once on a tiny made-up "
+        "sequence, so the first camera frames are not lost to compilation"
+    )
     status_period_s: float = _f(1.0, "publish ~/status and /diagnostics at least this often, in seconds")
     stale_after_s: float = _f(5.0, "/diagnostics reports STALE when no image arrived for this long (seconds)")
     path_max_poses: int = _f(
@@ -142,6 +150,7 @@ def validate_node_settings(settings: NodeSettings) -> None:
         "loop_reset_s": settings.loop_reset_s,
         "reset_after_failures": settings.reset_after_failures,
         "map_cloud_period_s": settings.map_cloud_period_s,
+        "render_period_s": settings.render_period_s,
         "path_max_poses": settings.path_max_poses,
         "log_throttle_s": settings.log_throttle_s,
     }

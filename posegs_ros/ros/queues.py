@@ -51,11 +51,19 @@ class DropOldestQueue(Generic[T]):
     def get(self, timeout: float | None = None) -> T | None:
         """The oldest item, waiting up to ``timeout`` seconds; ``None`` on timeout, :meth:`wake` or close."""
         with self._cond:
-            wakeups = self._wakeups
-            self._cond.wait_for(
-                lambda: self._items or self._closed or self._wakeups != wakeups, timeout=timeout
-            )
+            self._wait(timeout)
             return self._items.popleft() if self._items else None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait (up to ``timeout`` s) until an item is queued, without taking it; also returns on
+        :meth:`wake` or close. True if an item is there."""
+        with self._cond:
+            self._wait(timeout)
+            return bool(self._items)
+
+    def _wait(self, timeout: float | None) -> None:
+        wakeups = self._wakeups
+        self._cond.wait_for(lambda: self._items or self._closed or self._wakeups != wakeups, timeout=timeout)
 
     def wake(self) -> None:
         """Make a waiting :meth:`get` return now (e.g. a command is pending)."""

@@ -43,6 +43,13 @@ class StatusSnapshot:
     inlier_ratio: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # flow, tracking, mapping, render, total
     queue_latency: float = 0.0
+    tracking_latency: float = 0.0  # seconds engine.process took for the last frame (tracking only when concurrent)
+    tracking_latency_mean: float = 0.0  # mean over the frames processed since the start
+    mapping_backlog: int = 0  # keyframes waiting for the mapping thread
+    map_version: int = 0  # version of the newest map snapshot (grows with every mapping step)
+    mapping_rounds: int = 0  # window rounds mapping completed on the current map
+    renders: int = 0  # ~/deblurred, ~/depth renders published
+    renders_skipped: int = 0  # tracked frames not rendered: a newer one came before the render started
     frames_received: int = 0
     frames_processed: int = 0
     frames_dropped: int = 0
@@ -89,6 +96,13 @@ def status_message(snapshot: StatusSnapshot, map_frame: str, object_prefix: str)
             "time_render": float(timings.get("render", 0.0)),
             "time_total": float(timings.get("total", 0.0)),
             "queue_latency": float(snapshot.queue_latency),
+            "tracking_latency": float(snapshot.tracking_latency),
+            "tracking_latency_mean": float(snapshot.tracking_latency_mean),
+            "mapping_backlog": _u32(snapshot.mapping_backlog),
+            "map_version": _u32(snapshot.map_version),
+            "mapping_rounds": _u32(snapshot.mapping_rounds),
+            "renders": _u32(snapshot.renders),
+            "renders_skipped": _u32(snapshot.renders_skipped),
             "frames_received": _u32(snapshot.frames_received),
             "frames_processed": _u32(snapshot.frames_processed),
             "frames_dropped": _u32(snapshot.frames_dropped),

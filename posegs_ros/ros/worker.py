@@ -6,9 +6,13 @@ Threads:
   (never block: they wrap the message and put it in a :class:`~posegs_ros.ros.queues.DropOldestQueue`),
   :meth:`~ReconstructionWorker.request_reset` / :meth:`~ReconstructionWorker.request_save`
   (queue a command, return a future) and :meth:`~ReconstructionWorker.snapshot`;
-- the worker thread (:meth:`~ReconstructionWorker.start`) is the only one touching the engine:
-  it runs pending commands between frames, converts and checks each image, calls
-  ``engine.process`` and hands output messages to an :class:`OutputSink`.
+- the worker thread (:meth:`~ReconstructionWorker.start`) is the only one calling the engine's
+  tracking: it runs pending commands between frames, converts and checks each image, calls
+  ``engine.process`` (tracking only: with a concurrent engine, mapping runs in the engine's own
+  thread) and publishes TF and the path at once;
+- the render thread renders ``~/deblurred`` / ``~/depth`` of the newest tracked frame from the
+  newest map (a frame whose render has not started when the next one is tracked is skipped,
+  counted; ``ros.render_period_s`` limits the rate), so renders never delay tracking.
 
 Nothing here imports rclpy: the node implements :class:`OutputSink` with rclpy publishers; the
 tests implement it with ``rosbags`` message classes.
@@ -33,6 +37,7 @@ from ..camera import Intrinsics
 from ..io import MessageData, depth_to_image, mask_to_image, points_to_pointcloud2, rgb_to_image
 from ..pipeline import Frame, FrameError, FrameResult
 from .ingest import ImageConverter, InputImage, SkipImage, StampGuard, StampVerdict
+from ..render._threads import set_thread_budget
 from .outputs import PathHistory, camera_transforms, is_finite_pose, keyframe_markers
 from .params import NodeSettings
 from .queues import DropOldestQueue, ThrottledCounter
@@ -42,6 +47,7 @@ __all__ = ["DEFAULT_CAMERA_FRAME", "EngineLike", "OutputSink", "SaveResult", "Re
 
 DEFAULT_CAMERA_FRAME = "camera_optical_frame"  # TF child when images carry no frame_id
 _STAGES = ("flow", "tracking", "mapping", "render", "total")  # StageTimings fields, in ~/status
+_LATE_STAMPS = 256  # stamps kept for frames the engine may pose late (its initialization buffer is shorter)
 
 
 class EngineLike(Protocol):
@@ -58,6 +64,11 @@ class EngineLike(Protocol):
     def map_cloud(self) -> tuple[np.ndarray, np.ndarray]: ...
 
     def keyframe_poses(self) -> list[np.ndarray]: ...
+
+    @property
+    def mapping_backlog(self) -> int: ...
+
+    def stats(self) -> dict[str, float]: ...
 
 
 class OutputSink(Protocol):
@@ -133,6 +144,14 @@ class ReconstructionWorker:
         self._last_cloud = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # render thread: the newest tracked frame waiting for its ~/deblurred / ~/depth render
+        self._renders: DropOldestQueue[tuple[FrameResult, int, str]] = DropOldestQueue(1)
+        self._render_thread: threading.Thread | None = None
+        self._renders_done = 0
+        self._latency_sum = 0.0
+        self._stamps_ns: dict[int, int] = {}  # image index -> header stamp (ns) of recent frames, for late poses
+        self._progress = threading.Condition()  # notified when a step or a render finishes
+        self._busy = 0  # items taken from a queue (input or render) and not finished yet
 
     # ------------------------------------------------------------------ executor side
     def on_image(self, msg: Any, compressed: bool = False) -> None:
@@ -219,20 +238,27 @@ class ReconstructionWorker:
 
     # ------------------------------------------------------------------ thread
     def start(self) -> None:
-        """Start the worker thread."""
+        """Start the worker thread and the render thread."""
         if self._thread is not None:
             raise RuntimeError("worker already started")
         self._thread = threading.Thread(target=self._run, name="posegs_worker", daemon=True)
+        self._render_thread = threading.Thread(target=self._render_loop, name="posegs_render", daemon=True)
         self._thread.start()
+        self._render_thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> bool:
-        """Stop the thread after the current frame; pending commands fail. True if it ended in time."""
+        """Stop the threads after the current frame; pending commands fail. True if they ended in time."""
         self._stop.set()
         self.queue.close()
+        self._renders.close()
         ended = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-            ended = not self._thread.is_alive()
+        for thread in (self._thread, self._render_thread):
+            if thread is not None:
+                thread.join(timeout)
+                ended = ended and not thread.is_alive()
+        close = getattr(self.engine, "close", None)
+        if ended and close is not None:
+            close()  # the engine's mapping thread (its map stays readable for a save)
         with self._lock:
             pending, self._commands = list(self._commands), deque()
         for command in pending:
@@ -260,12 +286,31 @@ class ReconstructionWorker:
         Called in a loop by the worker thread; tests call it directly (thread not started).
         """
         self._run_commands()
-        item = self.queue.get(timeout)
-        if item is not None:
-            self._handle(item)
-        self._run_commands()
-        self._maybe_publish_cloud()
+        self.queue.wait(timeout)
+        with self._progress:  # taken and counted busy at once: wait_idle never sees it in neither place
+            item = self.queue.get(0.0)
+            self._busy += item is not None
+        try:
+            if item is not None:
+                self._handle(item)
+            self._run_commands()
+            self._maybe_publish_cloud()
+        finally:
+            if item is not None:
+                self._finished()
         return item is not None
+
+    def _finished(self) -> None:
+        with self._progress:
+            self._busy -= 1
+            self._progress.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every queued image is processed and every queued render published;
+        True if so within ``timeout`` seconds (for offline drivers such as real-time replay)."""
+        with self._progress:
+            return self._progress.wait_for(
+                lambda: self._busy == 0 and len(self.queue) == 0 and len(self._renders) == 0, timeout)
 
     # ------------------------------------------------------------------ commands
     def _run_commands(self) -> None:
@@ -371,6 +416,9 @@ class ReconstructionWorker:
             )
         frame = Frame(image=image.rgb, stamp=image.stamp_ns / 1e9, intrinsics=image.intrinsics, index=image.index)
         self.stamps.accept(image.stamp_ns)
+        self._stamps_ns[image.index] = image.stamp_ns
+        if len(self._stamps_ns) > _LATE_STAMPS:  # frames are posed late only while initializing: keep the newest
+            del self._stamps_ns[next(iter(self._stamps_ns))]
         try:
             result = self.engine.process(frame)
         except FrameError as err:
@@ -390,15 +438,20 @@ class ReconstructionWorker:
             self._failure()
             return
         self._failures = 0
-        self._publish_frame(result, image.frame_id, image.stamp_ns, image.intrinsics, started - item.received)
+        self._publish_frame(result, image.frame_id, image.stamp_ns, image.intrinsics, started - item.received,
+                            self._clock() - started)
 
     def _publish_frame(
-        self, result: FrameResult, frame_id: str, stamp_ns: int, intrinsics: Intrinsics, queue_latency: float
+        self, result: FrameResult, frame_id: str, stamp_ns: int, intrinsics: Intrinsics, queue_latency: float,
+        latency: float,
     ) -> None:
         settings = self.settings
         camera_frame = settings.camera_frame or frame_id or DEFAULT_CAMERA_FRAME
         groups = [(int(g), np.array(p, dtype=np.float64)) for g, p in sorted(result.group_poses.items())]
         counters = getattr(self.engine, "counters", None)
+        stats = self.engine.stats() if hasattr(self.engine, "stats") else {}
+        self._latency_sum += latency
+        processed = self._state.frames_processed + 1
         with self._lock:
             self._state = replace(
                 self._state,
@@ -411,14 +464,25 @@ class ReconstructionWorker:
                 inlier_ratio=float(result.inlier_ratio),
                 timings={name: float(getattr(result.timings, name, 0.0)) for name in _STAGES},
                 queue_latency=max(0.0, queue_latency),
-                frames_processed=self._state.frames_processed + 1,
+                tracking_latency=latency,
+                tracking_latency_mean=self._latency_sum / processed,
+                mapping_backlog=int(getattr(self.engine, "mapping_backlog", 0)),
+                map_version=int(stats.get("map_version", 0)),
+                mapping_rounds=int(stats.get("mapping_rounds", 0)),
+                renders=self._renders_done,
+                renders_skipped=self._renders.dropped,
+                frames_processed=processed,
                 lost_frames=int(getattr(counters, "lost_frames", 0)),
                 relocalizations=int(getattr(counters, "relocalizations", 0)),
                 reinitializations=int(getattr(counters, "reinitializations", 0)),
                 groups=groups,
             )
+        for late in result.late:  # frames buffered before initialization, posed now
+            late_ns = self._stamps_ns.get(late.index, int(round(late.stamp * 1e9)))
+            self._emit_pose(late.pose, {}, late_ns, camera_frame)
+            self.path.append(late_ns, late.pose)
         if result.has_pose:
-            self._emit_transforms(result, stamp_ns, camera_frame)
+            self._emit_pose(result.pose, result.group_poses, stamp_ns, camera_frame)
             self.path.append(stamp_ns, result.pose)
             if self.sink.has_subscribers("path"):
                 self._emit("path", lambda: self.path.message(settings.map_frame))
@@ -437,26 +501,54 @@ class ReconstructionWorker:
             self._cloud_dirty = True
         self._publish_status()
 
-    def _emit_transforms(self, result: FrameResult, stamp_ns: int, camera_frame: str) -> None:
+    def _emit_pose(self, pose: np.ndarray, group_poses: dict[int, np.ndarray], stamp_ns: int, camera_frame: str) -> None:
         settings = self.settings
         try:
             transforms = camera_transforms(
-                result.pose, result.group_poses, stamp_ns,
-                settings.map_frame, camera_frame, settings.object_frame_prefix,
+                pose, group_poses, stamp_ns, settings.map_frame, camera_frame, settings.object_frame_prefix,
             )
             self.sink.send_transforms(transforms)
         except Exception as err:
             self._skip("output_error", f"TF not sent: {type(err).__name__}: {err}")
 
     def _publish_renders(self, result: FrameResult, stamp_ns: int, camera_frame: str) -> None:
-        want_rgb = self.sink.has_subscribers("deblurred")
-        want_depth = self.sink.has_subscribers("depth")
-        if not (want_rgb or want_depth):
+        """Hand the frame to the render thread (or, without threads -- tests calling :meth:`step`
+        -- render it here)."""
+        if not (self.sink.has_subscribers("deblurred") or self.sink.has_subscribers("depth")):
             return
-        if want_rgb:
+        if self._render_thread is None:
+            self._render(result, stamp_ns, camera_frame)
+        else:
+            with self._progress:
+                self._renders.put((result, stamp_ns, camera_frame))
+
+    def _render(self, result: FrameResult, stamp_ns: int, camera_frame: str) -> None:
+        """Render one frame from the newest map and publish what is subscribed."""
+        if self.sink.has_subscribers("deblurred"):
             self._emit("deblurred", lambda: rgb_to_image(result.deblurred(), stamp_ns, camera_frame))
-        if want_depth:
+        if self.sink.has_subscribers("depth"):
             self._emit("depth", lambda: depth_to_image(result.depth(), stamp_ns, camera_frame))
+        self._renders_done += 1
+
+    def _render_loop(self) -> None:
+        set_thread_budget(1)  # one core tracks, mapping has the rest: renders take a single thread
+        while not self._stop.is_set():
+            self._renders.wait(None)
+            with self._progress:
+                item = self._renders.get(0.0)
+                self._busy += item is not None
+            if item is None:
+                continue
+            started = self._clock()
+            try:
+                self._render(*item)
+            except Exception as err:  # a render must never take the thread down
+                self._skip("output_error", f"render failed: {type(err).__name__}: {err}")
+            finally:
+                self._finished()
+            period = self.settings.render_period_s
+            if period > 0:  # rate limit: the newest frame when the period is over
+                self._stop.wait(max(0.0, period - (self._clock() - started)))
 
     def _emit(self, key: str, build: Callable[[], MessageData]) -> None:
         """Build and publish one message; failures are counted, never raised."""

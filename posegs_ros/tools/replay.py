@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true", help="do not evaluate even if ground truth exists")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    live = parser.add_argument_group(
+        "real time", "play the bag on a wall clock into the node's worker (concurrent tracking and mapping, "
+        "drop-oldest input queue) and evaluate what it publishes; no final refinement")
+    live.add_argument("--realtime", action="store_true", help="feed images at their recorded times, as a camera would")
+    live.add_argument("--rate", type=float, default=1.0, help="with --realtime: playback rate (default 1.0)")
+    live.add_argument("--queue-size", type=int, default=2, help="with --realtime: input queue length (as ros.queue_size)")
+    live.add_argument("--no-render", action="store_true", help="with --realtime: no ~/deblurred renders")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -101,18 +108,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"posegs replay: {err}", file=sys.stderr)
         return 2
     try:
-        result = replay(
-            args.bag, args.out, cfg,
-            image_topic=args.image_topic, camera_info_topic=args.camera_info_topic, max_frames=args.max_frames,
-            gt=args.gt, skip_bad_frames=args.skip_bad_frames, evaluate=not args.no_eval, force=args.force,
-            progress=not args.quiet,
-        )
+        if args.realtime:
+            from .realtime import replay_realtime
+
+            result = replay_realtime(
+                args.bag, args.out, cfg, rate=args.rate, image_topic=args.image_topic,
+                camera_info_topic=args.camera_info_topic, max_frames=args.max_frames, gt=args.gt,
+                evaluate=not args.no_eval, force=args.force, queue_size=args.queue_size, render=not args.no_render,
+            )
+        else:
+            result = replay(
+                args.bag, args.out, cfg,
+                image_topic=args.image_topic, camera_info_topic=args.camera_info_topic, max_frames=args.max_frames,
+                gt=args.gt, skip_bad_frames=args.skip_bad_frames, evaluate=not args.no_eval, force=args.force,
+                progress=not args.quiet,
+            )
     except (BagError, ReplayError) as err:
         print(f"posegs replay: {err}", file=sys.stderr)
         return 1
     summary = result.metrics["summary"]
     print(f"processed {summary['frames_processed']} frames in {result.seconds:.1f} s "
           f"({summary['fps']:.2f} frames/s); {summary['keyframes']} keyframes, {summary['gaussians']} Gaussians")
+    if args.realtime:
+        live = result.metrics["realtime"]
+        lat = live["tracking_latency_ms"]
+        print(f"real time at rate {live['rate']}: {live['frames_posed']} of {live['images']} images posed "
+              f"({100 * live['posed_share']:.1f} %), {live['frames_dropped']} dropped; tracking latency median "
+              f"{lat['median']:.1f} ms, p95 {lat['p95']:.1f} ms; {live['renders']} renders; "
+              f"{live['mapping_rounds']} mapping rounds; {live['cpu_cores_used']:.2f} cores busy")
     if result.evaluation is not None:
         from .evaluate import summary_text
 
@@ -220,7 +243,7 @@ def replay(
             final_seconds = time.perf_counter() - t0
             if final.iterations:
                 log.info("final refinement: %d joint steps over %d keyframes in %.1f s",
-                         final.iterations, len(engine.keyframes), final_seconds)
+                         final.iterations, engine.num_keyframes, final_seconds)
             skipped += [{"index": p.index, "reason": p.reason} for p in stream.skips]
 
             traj = engine.trajectory()
@@ -246,14 +269,14 @@ def replay(
                     "frames_processed": processed,
                     "frames_with_pose": len(traj),
                     "frames_skipped": len(skipped),
-                    "keyframes": len(engine.keyframes),
+                    "keyframes": engine.num_keyframes,
                     "gaussians": engine.num_gaussians,
                     "seconds": seconds,
                     "fps": processed / seconds if seconds > 0 else 0.0,
                     "final_refinement_seconds": final_seconds,
                     "final_refinement_steps": final.iterations,
                     "final_render_seconds": render_seconds,
-                    "counters": asdict(engine.counters),
+                    "counters": engine.stats(),
                     "mean_seconds": {
                         stage: float(np.mean([f.seconds[stage] for f in frames_meta])) if frames_meta else 0.0
                         for stage in ("flow", "tracking", "mapping", "render", "total")
@@ -306,9 +329,11 @@ def _evaluate(bag: Any, staging: Path, gt: Path | None, image_topic: str, traj: 
             idx = index_of_stamp.get(stamp_to_nanoseconds(item.msg.header.stamp))
             if idx is not None:
                 atomic_write_image(gt_images / f"{idx:04d}.png", image_to_rgb(item.msg))
+    deblurred = staging / "deblurred"
+    has_renders = deblurred.is_dir() and any(deblurred.iterdir())
     result = ev.evaluate(
         gt_dir / "gt.tum", staging / "trajectory.tum",
-        gt_images=gt_images, est_images=staging / "deblurred" if gt_images else None, input_images=input_images,
+        gt_images=gt_images, est_images=deblurred if gt_images and has_renders else None, input_images=input_images,
     )
     ev.write_report(result, staging / "report")
     summary = result.to_dict()

@@ -12,9 +12,11 @@ Tracking is declared lost when too few flow correspondences agree with the solve
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -70,6 +72,15 @@ class TrackingResult:
     render: RenderOutput  # render of the last pass (at the pose its Gauss-Newton started from; blurred if asked)
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
+    twist_refined: bool = False  # the blur-aware refinement set ``twist`` (else it is ``twist_init``)
+
+
+class _Observation:
+    """The observed frame as tracking uses it: grey ``[H, W]`` in [0, 1] and its gradients (once per frame)."""
+
+    def __init__(self, gray: np.ndarray, gradients: bool) -> None:
+        self.intensity = gray.astype(np.float32) / 255.0
+        self.gradients = image_gradients(self.intensity) if gradients else None
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,13 +95,17 @@ class Tracker:
     """Tracks frames against the current map."""
 
     def __init__(self, cfg: PosegsConfig, flow: DenseFlow) -> None:
+        """``flow``: full-resolution flow (the final refinement's re-tracking); at
+        ``tracking.render_scale`` < 1 the tracker keeps a flow of its own for the smaller images."""
         self.cfg = cfg
         self.flow = flow
+        t = cfg.tracking
+        self._scaled_flow = DenseFlow(t.flow, t.flow_preset, t.render_scale) if t.render_scale < 1 else flow
 
     def track(
         self,
         image: np.ndarray,
-        target: Tensor,
+        target: Tensor | None,
         intrinsics: Intrinsics,
         pose_pred: np.ndarray,
         twist_init: np.ndarray,
@@ -105,7 +120,7 @@ class Tracker:
 
         Args:
             image: ``[H, W, 3]`` uint8 observed (blurred) frame.
-            target: ``[H, W, 3]`` float tensor of the same frame in [0, 1].
+            target: ``[H, W, 3]`` float tensor of the same frame in [0, 1] (needed with ``refine``).
             pose_pred: ``[4, 4]`` predicted camera-to-map pose.
             twist_init: ``[6]`` starting exposure twist (not zero: see :func:`initial_twist`).
             exclude: ``[H, W]`` bool pixels to ignore (moving objects).
@@ -117,7 +132,19 @@ class Tracker:
         """
         t = self.cfg.tracking
         timings = {"render": 0.0, "flow": 0.0, "gauss_newton+refine": 0.0}
+        full = intrinsics
+        scale = t.render_scale if blurred_subframes <= 1 else 1.0
+        if scale != 1.0:  # render, flow and solve at a reduced resolution (pixel thresholds scale along)
+            intrinsics = full.scaled(max(8, round(full.width * scale)), max(8, round(full.height * scale)))
+            size = (intrinsics.width, intrinsics.height)
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            if exclude is not None:
+                exclude = cv2.resize(exclude.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+            settings = dataclasses.replace(settings, width=size[0], height=size[1])
+            scale = intrinsics.width / full.width
         k = intrinsics.matrix(torch.float64)
+        obs_gray = to_gray(image)  # once per frame: the flow's destination and the photometric term's image
+        obs = _Observation(obs_gray, t.photometric_weight > 0)
         pose_pass = pose_pred
         solved: PoseSolveResult | None = None
         first: tuple[RenderOutput, float, np.ndarray] | None = None
@@ -133,16 +160,16 @@ class Tracker:
                 else:
                     out = render_views(scene, torch.from_numpy(pose_pass)[None], k, settings)
             timings["render"] += time.perf_counter() - t0
-            rgb = out.rgb[0].clamp(0, 1).numpy()
+            ref_gray = to_gray(out.rgb[0].clamp(0, 1).numpy())
             depth = out.depth[0, ..., 0].numpy()
             alpha = out.alpha[0, ..., 0].numpy()
             t0 = time.perf_counter()
-            flow = self.flow(rgb, image)
+            flow = (self._scaled_flow if scale != 1.0 else self.flow)(ref_gray, obs_gray)
             timings["flow"] += time.perf_counter() - t0
             if first is None:
                 first = (out, float((alpha > COVERED_ALPHA).mean()), flow)
             t0 = time.perf_counter()
-            solved, points, ncc = self._gauss_newton(image, rgb, depth, alpha, flow, intrinsics, pose_pass, exclude)
+            solved, points, ncc = self._gauss_newton(obs, ref_gray, depth, alpha, flow, intrinsics, pose_pass, exclude, scale)
             timings["gauss_newton+refine"] += time.perf_counter() - t0
             if solved is None or not np.isfinite(solved.pose).all():
                 break
@@ -153,20 +180,25 @@ class Tracker:
         lost = (
             solved is None
             or solved.inlier_ratio < t.min_inlier_ratio
-            or solved.median_error_px > t.max_reprojection_px
+            or solved.median_error_px > t.max_reprojection_px * scale
             or not np.isfinite(solved.pose).all()
             or ncc < t.min_ncc
         )
         pose = pose_pred if solved is None or not np.isfinite(solved.pose).all() else solved.pose
         twist = twist_init.copy()
-        if not lost and refine and t.refine_steps > 0:
+        refined = not lost and refine and t.refine_steps > 0
+        if refined:
+            if target is None:
+                raise ValueError("the blur-aware refinement needs the target image tensor")
+            if scale != 1.0:
+                raise ValueError("the blur-aware refinement runs at full resolution: use tracking.render_scale 1.0")
             pose, twist = self.refine(target, intrinsics, pose, twist, scene, settings, alpha, exclude, scene_scale)
         timings["gauss_newton+refine"] += time.perf_counter() - t0
         reason = ""
         if solved is None:
             reason = "too few valid correspondences"
         elif lost:
-            reason = (f"inlier ratio {solved.inlier_ratio:.2f}, median error {solved.median_error_px:.2f} px, "
+            reason = (f"inlier ratio {solved.inlier_ratio:.2f}, median error {solved.median_error_px / scale:.2f} px, "
                       f"intensity correlation {ncc:.2f}")
         return TrackingResult(
             pose=pose,
@@ -180,25 +212,29 @@ class Tracker:
             render=out,
             timings=timings,
             reason=reason,
+            twist_refined=refined,
         )
 
     def _gauss_newton(
         self,
-        image: np.ndarray,
-        rgb: np.ndarray,
+        obs: _Observation,
+        ref_gray: np.ndarray,
         depth: np.ndarray,
         alpha: np.ndarray,
         flow: np.ndarray,
         intrinsics: Intrinsics,
         pose_pred: np.ndarray,
         exclude: np.ndarray | None,
+        scale: float = 1.0,
     ) -> tuple[PoseSolveResult | None, np.ndarray, float]:
-        """Solve the pose from flowed samples; also returns the normalized cross-correlation of
-        rendered and observed intensities at the flow correspondences (near 0 when the
-        observation does not show the map, whatever the flow says)."""
+        """Solve the pose from flowed samples of the render (``ref_gray`` ``[H, W]`` uint8, its
+        ``depth`` and ``alpha``); also returns the normalized cross-correlation of rendered and
+        observed intensities at the flow correspondences (near 0 when the observation does not
+        show the map, whatever the flow says). ``scale``: the images' size relative to the
+        camera's (pixel thresholds and the sample stride follow it)."""
         t = self.cfg.tracking
         h, w = depth.shape
-        s = t.sample_stride
+        s = max(1, round(t.sample_stride * scale))
         vs, us = np.mgrid[s // 2 : h : s, s // 2 : w : s]
         us, vs = us.ravel(), vs.ravel()
         valid = (alpha[vs, us] > SAMPLE_ALPHA) & np.isfinite(depth[vs, us]) & (depth[vs, us] > 0)
@@ -214,15 +250,14 @@ class Tracker:
         targets = np.stack([us, vs], 1) + flow[vs, us].astype(np.float64)
         inside = (targets[:, 0] >= 0) & (targets[:, 0] <= w - 1) & (targets[:, 1] >= 0) & (targets[:, 1] <= h - 1)
         points, targets = points[inside], targets[inside]
-        obs = to_gray(image).astype(np.float32) / 255.0
-        ref = to_gray(rgb).astype(np.float32) / 255.0
-        ncc = _ncc(ref[vs[inside], us[inside]], bilinear_sample(obs, targets[:, 0], targets[:, 1]))
+        ref = ref_gray[vs[inside], us[inside]].astype(np.float32) / 255.0
+        ncc = _ncc(ref, bilinear_sample(obs.intensity, targets[:, 0], targets[:, 1]))
         photometric = None
-        if t.photometric_weight > 0:
-            gu, gv = image_gradients(obs)
-            photometric = PhotometricTerm(points, ref[vs[inside], us[inside]], obs, gu, gv, t.photometric_weight)
+        if obs.gradients is not None:
+            gu, gv = obs.gradients
+            photometric = PhotometricTerm(points, ref, obs.intensity, gu, gv, t.photometric_weight)
         result = solve_pose(
-            points, targets, k, pose_pred, huber_px=t.huber_px, iterations=t.gn_iterations,
+            points, targets, k, pose_pred, huber_px=t.huber_px * scale, iterations=t.gn_iterations,
             photometric=photometric, image_size=(w, h),
         )
         return result, points, ncc

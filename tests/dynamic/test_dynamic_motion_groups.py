@@ -10,7 +10,7 @@ import torch
 from posegs_ros.config import PosegsConfig, apply_flat
 from posegs_ros.tracking.flow import DenseFlow
 from posegs_ros.scene.gaussians import GaussianMap
-from posegs_ros.dynamic.motion_groups import MotionGroups
+from posegs_ros.dynamic.motion_groups import DirectMapAccess, MotionGroups
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def feed(groups: MotionGroups, seq, gmap: GaussianMap, frames) -> list:
     out = []
     for f in frames:
         alpha = np.ones(f.depth.shape, np.float32)
-        out.append(groups.observe(f.blurred, f.pose, f.depth, alpha, seq.intrinsics, gmap, 3.0, 0.5))
+        out.append(groups.observe(f.blurred, f.pose, f.depth, alpha, seq.intrinsics, DirectMapAccess(gmap), 3.0, 0.5))
     return out
 
 
@@ -102,7 +102,7 @@ def test_engine_with_groups_reports_group_poses_and_masks(moving_box, fast_confi
         assert r.dynamic_mask is not None and r.dynamic_mask.any()
         assert all(np.isfinite(m).all() for m in r.group_poses.values())
         assert r.deblurred().shape == moving_box.frames[0].blurred.shape
-    assert torch.isfinite(engine.gmap.means).all()
+    assert torch.isfinite(engine.backend.gmap.means).all()
 
 
 def test_track_group_recovers_a_known_object_motion(moving_box) -> None:

@@ -30,10 +30,15 @@ def map_from_ground_truth(seq, cfg):
     return gmap, mapper
 
 
-def test_tracks_known_small_motion(small_sequence) -> None:
+import pytest
+
+
+@pytest.mark.parametrize("render_scale", [1.0])
+def test_tracks_known_small_motion(small_sequence, render_scale: float) -> None:
     seq = small_sequence
     cfg = apply_flat(PosegsConfig(), {"blur.enabled": False, "mapping.gaussian_iters": 40, "mapping.pose_iters": 0,
-                                      "mapping.joint_iters": 0, "tracking.refine_steps": 0})
+                                      "mapping.joint_iters": 0, "tracking.refine_steps": 0,
+                                      "tracking.render_scale": render_scale})
     gmap, mapper = map_from_ground_truth(seq, cfg)
     tracker = Tracker(cfg, DenseFlow())
     settings = RenderSettings(seq.intrinsics.width, seq.intrinsics.height)
@@ -48,6 +53,7 @@ def test_tracks_known_small_motion(small_sequence) -> None:
     rot_moved = np.degrees(np.arccos(np.clip((np.trace(f0.pose[:3, :3].T @ f3.pose[:3, :3]) - 1) / 2, -1, 1)))
     assert rot_err < 0.5 * rot_moved + 0.05
     assert 0.9 < res.coverage <= 1.0
+    assert res.render.rgb.shape[1:3] == (round(seq.intrinsics.height * render_scale), round(seq.intrinsics.width * render_scale))
 
 
 def test_tracking_of_an_unrelated_image_is_lost(small_sequence) -> None:

@@ -1,0 +1,138 @@
+"""The mapping back end: inline and concurrent runs of the same work; snapshots tracking can
+read while mapping writes; keyframes and edits taken between two steps; stop and errors.
+
+Concurrency is checked with events and snapshot versions (what happened), never by sleeping."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from posegs_ros.config import PosegsConfig, apply_flat
+from posegs_ros.mapping.backend import MappingBackend
+from posegs_ros.scene.blur import RenderSettings, render_views
+from posegs_ros.scene.keyframes import Keyframe
+from posegs_ros.scene.snapshot import MapStore
+from posegs_ros.tracking.tracker import twist_units
+
+TIMEOUT = 120.0  # generous bounds for a busy CI machine; the tests wait for events, not for time
+
+
+def keyframe(frame, intrinsics, scale: float, fixed: bool = False) -> Keyframe:
+    return Keyframe(frame.index, frame.stamp, torch.from_numpy(frame.blurred).float() / 255, intrinsics,
+                    torch.from_numpy(frame.pose.copy()), torch.tensor([0.0, 0, 0, 0.002, 0.002, 0], dtype=torch.float64),
+                    fixed=fixed, unit=twist_units(scale))
+
+
+def start(seq, concurrent: bool, **overrides) -> MappingBackend:
+    """A back end seeded from frame 0 (true depth) with keyframes 0 and 4."""
+    cfg = apply_flat(PosegsConfig(), {"blur.subframes": 3, "init.mapping_rounds": 1, "mapping.idle_rounds": 0,
+                                      "mapping.gaussian_iters": 4, "mapping.pose_iters": 2, "mapping.joint_iters": 2,
+                                      **overrides})
+    backend = MappingBackend(cfg, MapStore(), concurrent=concurrent)
+    f0 = seq.frames[0]
+    scale = float(np.median(f0.depth))
+    h, w = f0.depth.shape
+    vs, us = np.mgrid[0:h:3, 0:w:3]
+    pixels = np.stack([us.ravel(), vs.ravel()], 1).astype(float)
+    backend.seed(keyframe(f0, seq.intrinsics, scale, fixed=True), keyframe(seq.frames[4], seq.intrinsics, scale),
+                 pixels, f0.depth[vs.ravel(), us.ravel()].astype(float), 3.0, scale)
+    return backend
+
+
+def render(snap, seq) -> torch.Tensor:
+    settings = RenderSettings(seq.intrinsics.width, seq.intrinsics.height, near_plane=0.01, far_plane=100.0)
+    pose = torch.from_numpy(snap.keyframe_poses[1])[None]
+    return render_views(snap.scene, pose, seq.intrinsics.matrix(torch.float64), settings).rgb[0]
+
+
+def test_inline_work_runs_in_submit_and_is_published(small_sequence) -> None:
+    seq = small_sequence
+    backend = start(seq, concurrent=False)
+    snap = backend.store.latest()
+    assert snap.mapping_rounds == 1 and snap.num_keyframes == 2 and snap.window == (0, 1)
+    backend.submit(keyframe(seq.frames[8], seq.intrinsics, backend.scene_scale))
+    snap = backend.store.latest()
+    assert snap.mapping_rounds == 2 and snap.num_keyframes == 3 and snap.window == (0, 1, 2)
+    assert snap.stats["keyframes"] == 3 and snap.stats["steps"] == 16
+    assert not np.array_equal(snap.keyframe_poses[2], seq.frames[8].pose)  # refined by its round
+    assert backend.wait_idle(0.0) and not backend.running
+
+
+def test_a_snapshot_renders_the_same_while_mapping_writes(small_sequence) -> None:
+    seq = small_sequence
+    backend = start(seq, concurrent=True, **{"mapping.gaussian_iters": 100_000})
+    try:
+        assert backend.in_round.wait(TIMEOUT), "the initial round did not start"
+        snap = backend.store.latest()
+        first = render(snap, seq)
+        renders = [first]
+        newer = snap
+        for _ in range(3):  # render the same snapshot while at least three mapping steps land
+            newer = backend.store.wait_newer(newer.version, TIMEOUT)
+            renders.append(render(snap, seq))
+        assert newer.version > snap.version
+    finally:
+        assert backend.stop(TIMEOUT)
+    assert all(torch.equal(first, r) for r in renders)
+    assert torch.equal(first, render(snap, seq))
+    assert not torch.equal(snap.state["means"], backend.gmap.means.detach())  # mapping did write
+
+
+def test_keyframes_and_edits_join_a_running_round(small_sequence) -> None:
+    seq = small_sequence
+    backend = start(seq, concurrent=True, **{"mapping.gaussian_iters": 100_000})
+    ran: list[tuple[str, bool, int]] = []
+    done = threading.Event()
+
+    def edit(gmap, keyframes) -> None:
+        ran.append((threading.current_thread().name, backend.in_round.is_set(), len(keyframes)))
+        done.set()
+
+    try:
+        assert backend.in_round.wait(TIMEOUT)
+        rounds = backend.store.latest().mapping_rounds
+        backend.submit(keyframe(seq.frames[8], seq.intrinsics, backend.scene_scale))
+        backend.edit(edit)
+        assert done.wait(TIMEOUT)
+        snap = backend.store.latest()
+        while 2 not in snap.keyframe_poses:
+            snap = backend.store.wait_newer(snap.version, TIMEOUT)
+        assert snap.mapping_rounds == rounds  # integrated between two steps of the running round
+        assert ran == [("posegs_mapping", True, 3)]
+        assert backend.backlog == 0
+    finally:
+        assert backend.stop(TIMEOUT)
+
+
+def test_stop_ends_a_round_in_flight_and_folds_its_poses(small_sequence) -> None:
+    seq = small_sequence
+    backend = start(seq, concurrent=True, **{"mapping.joint_iters": 100_000, "mapping.gaussian_iters": 1,
+                                             "mapping.pose_iters": 1})
+    assert backend.in_round.wait(TIMEOUT)
+    snap = backend.store.wait_newer(backend.store.latest().version, TIMEOUT)  # a step has landed
+    assert backend.stop(TIMEOUT)
+    assert not backend.running and not backend.in_round.is_set()
+    kf = backend.keyframes[1]
+    assert torch.count_nonzero(kf.delta) == 0 and not kf.twist_u.requires_grad
+    with pytest.raises(RuntimeError, match="stopped"):
+        backend.submit(lambda: None)
+    assert snap.version <= backend.publish().version
+
+
+def test_a_failing_job_is_counted_and_the_thread_goes_on(small_sequence, caplog) -> None:
+    seq = small_sequence
+    backend = start(seq, concurrent=True)
+    ran = threading.Event()
+    try:
+        assert backend.wait_idle(TIMEOUT)
+        backend.submit(lambda: 1 / 0)
+        backend.submit(ran.set)
+        assert ran.wait(TIMEOUT) and backend.wait_idle(TIMEOUT)
+        assert backend.stats.errors == 1 and backend.running
+        assert any("ZeroDivisionError" in r.getMessage() for r in caplog.records)
+    finally:
+        assert backend.stop(TIMEOUT)
