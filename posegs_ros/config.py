@@ -77,9 +77,13 @@ class TrackingConfig:
     """Per-frame camera tracking (flow lifted to 3D, robust Gauss-Newton, blur-aware refinement)."""
 
     flow: str = _f("dis", "dense optical flow: dis (OpenCV DIS) | farneback")
-    flow_preset: str = _f("medium", "DIS preset: ultrafast | fast | medium")
-    flow_passes: int = _f(2, "render -> flow -> Gauss-Newton passes (each starts from the previous pose)")
-    gn_iterations: int = _f(8, "Gauss-Newton iterations on reprojection + photometric residuals")
+    flow_preset: str = _f("balanced", "DIS preset: ultrafast | fast | balanced | medium (balanced: medium with 2 "
+                          "variational refinement iterations, as accurate for tracking and faster)")
+    flow_passes: int = _f(2, "at most this many render -> flow -> Gauss-Newton passes per frame (each starts from "
+                          "the previous pose)")
+    repass_px: float = _f(2.0, "another pass only when the median flow of the previous one exceeded this (pixels): "
+                          "large after dropped frames or a jerk, small in steady tracking")
+    gn_iterations: int = _f(4, "Gauss-Newton iterations on reprojection + photometric residuals")
     huber_px: float = _f(1.5, "Huber threshold of reprojection residuals (pixels)")
     photometric_weight: float = _f(0.01, "weight of photometric residuals relative to geometric ones")
     sample_stride: int = _f(4, "use every n-th pixel (in x and y) for Gauss-Newton (at full resolution)")
@@ -148,6 +152,9 @@ class BlurConfig:
     enabled: bool = _f(True, "model motion blur (off: one sharp render per frame)")
     subframes: int = _f(5, "S sharp renders averaged per blurred frame (UPGS: 7; a speed knob on CPU)")
     exposure_ratio: float = _f(0.5, "initial guess of exposure time / frame interval (seeds the exposure twist)")
+    live_output: str = _f("fused", "deblurred image of a live frame (node ~/deblurred, --realtime): render = the map's "
+                          "sharp render | fused = render + what the map does not explain of the frame, R + (I - B(R)) "
+                          "(never worse than the camera where the map is young or empty)")
 
 
 @dataclass

@@ -35,12 +35,13 @@ import numpy as np
 import torch
 
 from .camera import Intrinsics
-from .config import PosegsConfig
+from .config import ConfigError, PosegsConfig
 from .dynamic.motion_groups import MotionGroups, exclusion_margin, track_group
 from .mapping.backend import MappingBackend
 from .mapping.mapper import MappingStats, scene_tensors
 from .render._threads import set_thread_budget
 from .scene.blur import RenderSettings, SceneTensors, move_groups, render_views
+from .scene.deblur import fuse_deblurred
 from .scene.gaussians import sh0_to_rgb, write_ply
 from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe
 from .scene.snapshot import MapEdit, MapSnapshot, MapStore
@@ -133,7 +134,9 @@ class FrameResult:
         return self._cache
 
     def deblurred(self) -> np.ndarray:
-        """Sharp render at the mid-exposure pose, ``[H, W, 3]`` uint8 RGB (rendered on first call)."""
+        """The deblurred frame ``[H, W, 3]`` uint8 RGB from the newest map at the mid-exposure pose,
+        rendered on first call: its sharp render, or (``blur.live_output: fused``) the render plus
+        what the map does not explain of this frame (:func:`posegs_ros.scene.deblur.fuse_deblurred`)."""
         return self._rendered()[0]
 
     def depth(self) -> np.ndarray:
@@ -185,6 +188,8 @@ class Reconstructor:
 
     def __init__(self, config: PosegsConfig | None = None, keep_frames: bool = False, concurrent: bool = False) -> None:
         self.config = config or PosegsConfig()
+        if self.config.blur.live_output not in ("fused", "render"):
+            raise ConfigError(f"blur.live_output must be fused or render, got {self.config.blur.live_output!r}")
         self.keep_frames = keep_frames
         self.concurrent = concurrent
         cores = self.config.threads if self.config.threads > 0 else (os.cpu_count() or 1)
@@ -193,6 +198,8 @@ class Reconstructor:
         self._mapping_threads = max(cores - 1, 1)
         if self.config.threads > 0 and not concurrent:
             torch.set_num_threads(self.config.threads)
+        if concurrent:
+            cv2.setNumThreads(1)  # OpenCV's pool would spin on the cores the two engine threads use
         self._thread_setup = threading.local()
         self.device = torch.device(self.config.render.device)
         self.flow = DenseFlow(self.config.tracking.flow, self.config.tracking.flow_preset)
@@ -322,8 +329,14 @@ class Reconstructor:
         render = None
         groups = {g: m.copy() for g, m in record.group_poses.items()}
         if self.initialized and record.state is not TrackingState.INITIALIZING:
-            intr = frame.intrinsics
-            render = lambda: self.render(pose, intr, groups)  # noqa: E731 - deferred: the newest map, on demand
+            intr, image, twist = frame.intrinsics, frame.image, record.twist.copy()
+
+            def render() -> tuple[np.ndarray, np.ndarray]:  # deferred: the newest map, when asked
+                rgb, depth = self.render(pose, intr, groups)
+                if self.config.blur.live_output == "fused":
+                    rgb = fuse_deblurred(rgb, image, depth, intr, twist, self.config.blur.subframes)
+                return rgb, depth
+
         return FrameResult(
             stamp=frame.stamp,
             index=frame.index,

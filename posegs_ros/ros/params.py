@@ -90,8 +90,8 @@ class NodeSettings:
     )
     map_cloud_period_s: float = _f(2.0, "publish ~/map_cloud at most this often, in seconds (0 = never)")
     render_period_s: float = _f(
-        0.0, "render ~/deblurred and ~/depth at most this often, in seconds (0 = every tracked frame the render "
-        "thread keeps up with; a frame whose render has not started when the next is tracked is skipped)"
+        0.0, "render ~/deblurred and ~/depth at most this often, in seconds (0 = every tracked frame for which "
+        "no newer image is waiting: renders use the time tracking leaves before the next image)"
     )
     warm_up: bool = _f(
         True, "before subscribing, compile / load the kernels and run the engine once on a tiny made-up "

@@ -49,7 +49,7 @@ class StatusSnapshot:
     map_version: int = 0  # version of the newest map snapshot (grows with every mapping step)
     mapping_rounds: int = 0  # window rounds mapping completed on the current map
     renders: int = 0  # ~/deblurred, ~/depth renders published
-    renders_skipped: int = 0  # tracked frames not rendered: a newer one came before the render started
+    renders_skipped: int = 0  # tracked frames not rendered: a newer image was waiting (or the rate limit)
     frames_received: int = 0
     frames_processed: int = 0
     frames_dropped: int = 0

@@ -9,10 +9,11 @@ Threads:
 - the worker thread (:meth:`~ReconstructionWorker.start`) is the only one calling the engine's
   tracking: it runs pending commands between frames, converts and checks each image, calls
   ``engine.process`` (tracking only: with a concurrent engine, mapping runs in the engine's own
-  thread) and publishes TF and the path at once;
-- the render thread renders ``~/deblurred`` / ``~/depth`` of the newest tracked frame from the
-  newest map (a frame whose render has not started when the next one is tracked is skipped,
-  counted; ``ros.render_period_s`` limits the rate), so renders never delay tracking.
+  thread, on the other core) and publishes TF and the path at once; then, if no newer image
+  is waiting, it renders ``~/deblurred`` / ``~/depth`` from the newest map in the time left
+  until the next image (a frame with a newer image waiting is not rendered, counted;
+  ``ros.render_period_s`` limits the rate), so renders use the tracking core's slack and
+  never take mapping's core or make tracking drop an image.
 
 Nothing here imports rclpy: the node implements :class:`OutputSink` with rclpy publishers; the
 tests implement it with ``rosbags`` message classes.
@@ -37,7 +38,6 @@ from ..camera import Intrinsics
 from ..io import MessageData, depth_to_image, mask_to_image, points_to_pointcloud2, rgb_to_image
 from ..pipeline import Frame, FrameError, FrameResult
 from .ingest import ImageConverter, InputImage, SkipImage, StampGuard, StampVerdict
-from ..render._threads import set_thread_budget
 from .outputs import PathHistory, camera_transforms, is_finite_pose, keyframe_markers
 from .params import NodeSettings
 from .queues import DropOldestQueue, ThrottledCounter
@@ -144,14 +144,13 @@ class ReconstructionWorker:
         self._last_cloud = -math.inf
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # render thread: the newest tracked frame waiting for its ~/deblurred / ~/depth render
-        self._renders: DropOldestQueue[tuple[FrameResult, int, str]] = DropOldestQueue(1)
-        self._render_thread: threading.Thread | None = None
-        self._renders_done = 0
+        self._renders_done = 0  # frames rendered for ~/deblurred / ~/depth
+        self._renders_skipped = 0  # tracked frames not rendered: a newer image was waiting (or rate limit)
+        self._last_render = -math.inf
         self._latency_sum = 0.0
         self._stamps_ns: dict[int, int] = {}  # image index -> header stamp (ns) of recent frames, for late poses
-        self._progress = threading.Condition()  # notified when a step or a render finishes
-        self._busy = 0  # items taken from a queue (input or render) and not finished yet
+        self._progress = threading.Condition()  # notified when a step finishes
+        self._busy = 0  # images taken from the queue and not finished yet
 
     # ------------------------------------------------------------------ executor side
     def on_image(self, msg: Any, compressed: bool = False) -> None:
@@ -219,6 +218,8 @@ class ReconstructionWorker:
                 groups=list(self._state.groups),
                 frames_received=self._received,
                 frames_dropped=self.queue.dropped,
+                renders=self._renders_done,
+                renders_skipped=self._renders_skipped,
                 skips=self.skips.counts(),
                 resets=dict(self._resets),
                 seconds_since_image=None if self._last_receipt is None else now - self._last_receipt,
@@ -238,24 +239,20 @@ class ReconstructionWorker:
 
     # ------------------------------------------------------------------ thread
     def start(self) -> None:
-        """Start the worker thread and the render thread."""
+        """Start the worker thread."""
         if self._thread is not None:
             raise RuntimeError("worker already started")
         self._thread = threading.Thread(target=self._run, name="posegs_worker", daemon=True)
-        self._render_thread = threading.Thread(target=self._render_loop, name="posegs_render", daemon=True)
         self._thread.start()
-        self._render_thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> bool:
-        """Stop the threads after the current frame; pending commands fail. True if they ended in time."""
+        """Stop the thread after the current frame; pending commands fail. True if it ended in time."""
         self._stop.set()
         self.queue.close()
-        self._renders.close()
         ended = True
-        for thread in (self._thread, self._render_thread):
-            if thread is not None:
-                thread.join(timeout)
-                ended = ended and not thread.is_alive()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            ended = not self._thread.is_alive()
         close = getattr(self.engine, "close", None)
         if ended and close is not None:
             close()  # the engine's mapping thread (its map stays readable for a save)
@@ -306,11 +303,10 @@ class ReconstructionWorker:
             self._progress.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until every queued image is processed and every queued render published;
-        True if so within ``timeout`` seconds (for offline drivers such as real-time replay)."""
+        """Block until every queued image is processed and published; True if so within
+        ``timeout`` seconds (for offline drivers such as real-time replay)."""
         with self._progress:
-            return self._progress.wait_for(
-                lambda: self._busy == 0 and len(self.queue) == 0 and len(self._renders) == 0, timeout)
+            return self._progress.wait_for(lambda: self._busy == 0 and len(self.queue) == 0, timeout)
 
     # ------------------------------------------------------------------ commands
     def _run_commands(self) -> None:
@@ -469,8 +465,6 @@ class ReconstructionWorker:
                 mapping_backlog=int(getattr(self.engine, "mapping_backlog", 0)),
                 map_version=int(stats.get("map_version", 0)),
                 mapping_rounds=int(stats.get("mapping_rounds", 0)),
-                renders=self._renders_done,
-                renders_skipped=self._renders.dropped,
                 frames_processed=processed,
                 lost_frames=int(getattr(counters, "lost_frames", 0)),
                 relocalizations=int(getattr(counters, "relocalizations", 0)),
@@ -512,43 +506,20 @@ class ReconstructionWorker:
             self._skip("output_error", f"TF not sent: {type(err).__name__}: {err}")
 
     def _publish_renders(self, result: FrameResult, stamp_ns: int, camera_frame: str) -> None:
-        """Hand the frame to the render thread (or, without threads -- tests calling :meth:`step`
-        -- render it here)."""
+        """Render the frame from the newest map and publish what is subscribed -- unless a newer
+        image waits (tracking it comes first) or ``ros.render_period_s`` has not passed."""
         if not (self.sink.has_subscribers("deblurred") or self.sink.has_subscribers("depth")):
             return
-        if self._render_thread is None:
-            self._render(result, stamp_ns, camera_frame)
-        else:
-            with self._progress:
-                self._renders.put((result, stamp_ns, camera_frame))
-
-    def _render(self, result: FrameResult, stamp_ns: int, camera_frame: str) -> None:
-        """Render one frame from the newest map and publish what is subscribed."""
+        now = self._clock()
+        if len(self.queue) > 0 or now - self._last_render < self.settings.render_period_s:
+            self._renders_skipped += 1
+            return
+        self._last_render = now
         if self.sink.has_subscribers("deblurred"):
             self._emit("deblurred", lambda: rgb_to_image(result.deblurred(), stamp_ns, camera_frame))
         if self.sink.has_subscribers("depth"):
             self._emit("depth", lambda: depth_to_image(result.depth(), stamp_ns, camera_frame))
         self._renders_done += 1
-
-    def _render_loop(self) -> None:
-        set_thread_budget(1)  # one core tracks, mapping has the rest: renders take a single thread
-        while not self._stop.is_set():
-            self._renders.wait(None)
-            with self._progress:
-                item = self._renders.get(0.0)
-                self._busy += item is not None
-            if item is None:
-                continue
-            started = self._clock()
-            try:
-                self._render(*item)
-            except Exception as err:  # a render must never take the thread down
-                self._skip("output_error", f"render failed: {type(err).__name__}: {err}")
-            finally:
-                self._finished()
-            period = self.settings.render_period_s
-            if period > 0:  # rate limit: the newest frame when the period is over
-                self._stop.wait(max(0.0, period - (self._clock() - started)))
 
     def _emit(self, key: str, build: Callable[[], MessageData]) -> None:
         """Build and publish one message; failures are counted, never raised."""

@@ -10,7 +10,9 @@ sequence and rate:
 - online ATE (Sim(3)) of the poses as published;
 - PSNR of the ``~/deblurred`` renders as published (rendered from the map of that moment)
   against the sharp ground truth, and the input's PSNR on the same frames;
-- mapping rounds completed, CPU cores busy.
+- mapping rounds completed, CPU cores busy, and the share of the machine's CPU time the
+  hypervisor gave to other virtual machines meanwhile (steal: on a shared host the numbers
+  above are only comparable at similar steal).
 
 ``--busy`` runs one other CPU-bound process during the replays (a robot runs other nodes).
 """
@@ -94,7 +96,7 @@ def _row(seed: int, rate: float, result: Any, out: Path) -> dict[str, Any]:
         "latency_median_ms": live["tracking_latency_ms"]["median"], "latency_p95_ms": live["tracking_latency_ms"]["p95"],
         "receipt_to_tf_median_ms": live["receipt_to_tf_ms"]["median"], "renders": live["renders"],
         "mapping_rounds": live["mapping_rounds"], "keyframes": live["keyframes"], "gaussians": live["gaussians"],
-        "cpu_cores": live["cpu_cores_used"],
+        "cpu_cores": live["cpu_cores_used"], "cpu_steal": live.get("cpu_steal_share"),
         "ate_online_cm": math.nan, "psnr_deblurred": math.nan, "psnr_input": math.nan,
     }
     ev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
@@ -116,18 +118,20 @@ def _line(row: dict[str, Any]) -> str:
             f"({100 * row['posed_share']:.1f} %), latency median {row['latency_median_ms']:.1f} ms "
             f"p95 {row['latency_p95_ms']:.1f} ms, online ATE {row['ate_online_cm']:.2f} cm, PSNR deblurred "
             f"{row['psnr_deblurred']:.2f} dB vs input {row['psnr_input']:.2f} dB, {row['mapping_rounds']} mapping "
-            f"rounds, {row['cpu_cores']:.2f} cores")
+            f"rounds, {row['cpu_cores']:.2f} cores" + (f", {100 * row['cpu_steal']:.0f} % CPU stolen by the hypervisor"
+                                                       if row.get("cpu_steal") is not None else ""))
 
 
 def markdown_table(rows: list[dict[str, Any]], busy: bool = False) -> str:
     """The README table of ``rows``."""
     head = ("| seed | rate | frames posed | tracking latency median / p95 (ms) | online ATE (cm) | "
-            "PSNR online deblurred / input (dB) | renders | mapping rounds | CPU cores busy |")
-    lines = [head, "|" + "---|" * 9]
+            "PSNR online deblurred / input (dB) | renders | mapping rounds | CPU cores busy | CPU stolen |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['rate']:g}{' (+ busy process)' if busy else ''} | {r['posed']} / {r['images']} "
             f"({100 * r['posed_share']:.1f} %) | {r['latency_median_ms']:.1f} / {r['latency_p95_ms']:.1f} | "
             f"{r['ate_online_cm']:.2f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} | {r['renders']} | "
-            f"{r['mapping_rounds']} | {r['cpu_cores']:.2f} |")
+            f"{r['mapping_rounds']} | {r['cpu_cores']:.2f} | "
+            + (f"{100 * r['cpu_steal']:.0f} % |" if r.get("cpu_steal") is not None else "- |"))
     return "\n".join(lines)

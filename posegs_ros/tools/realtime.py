@@ -156,7 +156,7 @@ def replay_realtime(
             worker = ReconstructionWorker(engine, NodeSettings(queue_size=queue_size), recorder)
             worker.start()
             fed: dict[int, float] = {}  # stamp ns -> clock when the image was handed to the worker
-            usage0, start = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+            usage0, machine0, start = resource.getrusage(resource.RUSAGE_SELF), cpu_times(), time.monotonic()
             first_ns: int | None = None
             late_feeds = 0
             images = 0
@@ -181,7 +181,7 @@ def replay_realtime(
             feed_seconds = time.monotonic() - start
             worker.wait_idle(timeout=600.0)  # the last images tracked and rendered (mapping's backlog is reported)
             seconds = time.monotonic() - start
-            usage1 = resource.getrusage(resource.RUSAGE_SELF)
+            usage1, machine1 = resource.getrusage(resource.RUSAGE_SELF), cpu_times()
             snapshot = worker.snapshot()
             stats = engine.stats()
             worker.stop()
@@ -217,6 +217,7 @@ def replay_realtime(
                 "keyframes": engine.num_keyframes,
                 "gaussians": engine.num_gaussians,
                 "cpu_cores_used": cpu / max(seconds, 1e-9),
+                "cpu_steal_share": steal_share(machine0, machine1),
                 "seconds": seconds,
                 "feed_seconds": feed_seconds,
                 "late_feeds": late_feeds,
@@ -247,6 +248,28 @@ def replay_realtime(
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return ReplayResult(out, snapshot.frames_processed, seconds, metrics, evaluation)
+
+
+def cpu_times() -> dict[str, float]:
+    """Machine-wide CPU seconds by kind from ``/proc/stat`` (Linux; empty elsewhere): ``busy``,
+    ``idle`` and ``steal`` (time the hypervisor gave this VM's CPUs to others)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return {}
+    ticks = [float(v) for v in fields] + [0.0] * 8
+    hz = 100.0  # USER_HZ
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks[:8]
+    return {"busy": (user + nice + system + irq + softirq) / hz, "idle": (idle + iowait) / hz, "steal": steal / hz}
+
+
+def steal_share(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Share of the machine's CPU time stolen by the hypervisor between two :func:`cpu_times`."""
+    if not before or not after:
+        return None
+    delta = {k: after[k] - before[k] for k in before}
+    total = sum(delta.values())
+    return delta["steal"] / total if total > 0 else 0.0
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:

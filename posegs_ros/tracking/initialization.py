@@ -74,10 +74,13 @@ def try_two_view(
     """
     h, w = first.shape[:2]
     fwd = flow(first, second)
-    bwd = flow(second, first)
-    consistent = flow_consistency(fwd, bwd, threshold_px=1.0)
     samples = grid_samples(w, h, stride=4)
     su, sv = samples[:, 0].astype(int), samples[:, 1].astype(int)
+    coarse = float(np.median(np.linalg.norm(fwd[sv, su], axis=1)))
+    if coarse < 0.2 * cfg.min_parallax_px:  # most attempts end here, at the cost of one flow
+        return None, f"flow {coarse:.1f} px: the camera has hardly moved"
+    bwd = flow(second, first)
+    consistent = flow_consistency(fwd, bwd, threshold_px=1.0)
     ok = consistent[sv, su]
     uv_a = samples[ok]
     uv_b = uv_a + fwd[sv[ok], su[ok]].astype(np.float64)

@@ -75,6 +75,12 @@ class TrackingResult:
     twist_refined: bool = False  # the blur-aware refinement set ``twist`` (else it is ``twist_init``)
 
 
+def _median_flow_px(flow: np.ndarray, alpha: np.ndarray, stride: int = 4) -> float:
+    """Median flow magnitude ``[H, W, 2]`` over the pixels the map covers, sampled every ``stride`` (0 if none)."""
+    sub = flow[::stride, ::stride][alpha[::stride, ::stride] > COVERED_ALPHA]
+    return float(np.median(np.hypot(sub[:, 0], sub[:, 1]))) if len(sub) else 0.0
+
+
 class _Observation:
     """The observed frame as tracking uses it: grey ``[H, W]`` in [0, 1] and its gradients (once per frame)."""
 
@@ -174,6 +180,8 @@ class Tracker:
             if solved is None or not np.isfinite(solved.pose).all():
                 break
             pose_pass = solved.pose
+            if _median_flow_px(flow, alpha) / scale <= t.repass_px:
+                break  # the render was already close to the observation: another pass would not move the pose
         assert first is not None
         _, coverage, _ = first  # coverage at the prediction: what the map explains before tracking
         t0 = time.perf_counter()

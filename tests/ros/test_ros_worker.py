@@ -55,9 +55,9 @@ def test_frames_flow_to_tf_images_path_and_status(messages: Messages, sink_facto
     engine, sink, clock = FakeEngine(init_frames=1, keyframe_every=2), sink_factory(ALL_OUTPUTS), FakeClock()
     worker = _worker(engine, sink, clock, map_cloud_period_s=0.5)
     worker.on_camera_info(messages.camera_info())
-    for i in range(5):
+    for i in range(5):  # one at a time: the worker has time to render each before the next arrives
         worker.on_image(messages.image(i))
-    _drain(worker)
+        _drain(worker)
     assert len(sink.published["map_cloud"]) == 1  # at most one per period (the clock stood still)
     clock.advance(0.6)
     assert not worker.step(timeout=0)  # idle step: the map changed since, so the cloud goes out now
@@ -87,6 +87,19 @@ def test_frames_flow_to_tf_images_path_and_status(messages: Messages, sink_facto
     assert status.num_gaussians == 20 and status.num_keyframes == 2 and status.frame_index == 4
     assert status.frames_dropped == 0 and status.frames_skipped == 0
     assert status.time_total == pytest.approx(0.006)
+
+
+def test_a_frame_is_not_rendered_while_a_newer_image_waits(messages: Messages, sink_factory: Callable) -> None:
+    engine, sink = FakeEngine(init_frames=1), sink_factory(ALL_OUTPUTS)
+    worker = _worker(engine, sink, queue_size=4)
+    worker.on_camera_info(messages.camera_info())
+    for i in range(4):  # images 1 and 2 are tracked with a newer image waiting: tracking first, no render
+        worker.on_image(messages.image(i))
+    _drain(worker)
+    assert [t.header.stamp.nanosec for t in sink.transforms] == [100_000_000 * i for i in range(1, 4)]
+    assert [m.header.stamp.nanosec for m in sink.published["deblurred"]] == [300_000_000]
+    status = _status(sink)
+    assert (status.renders, status.renders_skipped) == (1, 2)
 
 
 def test_renders_are_skipped_without_subscribers(messages: Messages, sink_factory: Callable) -> None:
