@@ -124,7 +124,9 @@ def test_concurrent_engine_poses_every_frame_and_mapping_refinements_reach_them(
         online = {p.index: p for p in engine.online_trajectory()}
     # every frame has a pose: tracked live, or (buffered before initialization) posed by mapping afterwards
     assert sorted(traj) == [f.index for f in seq.frames]
-    assert late and all(not results[i].has_pose for i in late)
+    buffered = {r.index for r in results if not r.has_pose}
+    assert buffered and late <= buffered  # reported late (with a later result, if mapping was quick enough)
+    assert all(online[i].state is not TrackingState.INITIALIZING for i in buffered)
     for r in results:
         if r.has_pose:
             assert np.array_equal(online[r.index].pose, r.pose)  # the online trajectory is what process returned
