@@ -43,7 +43,8 @@ SUBSCRIPTIONS: tuple[Endpoint, ...] = (
 
 PUBLICATIONS: tuple[Endpoint, ...] = (
     Endpoint("deblurred", "~/deblurred", "sensor_msgs/msg/Image", "images",
-             "sharp render (rgb8) at the frame's mid-exposure pose, input stamp"),
+             "deblurred frame (rgb8) from the newest map at the frame's mid-exposure pose (blur.live_output), "
+             "input stamp; rendered when no newer image waits"),
     Endpoint("depth", "~/depth", "sensor_msgs/msg/Image", "images",
              "rendered depth, 32FC1 in map units (REP-118), NaN where the map is empty"),
     Endpoint("dynamic_mask", "~/dynamic_mask", "sensor_msgs/msg/Image", "images",

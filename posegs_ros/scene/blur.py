@@ -9,7 +9,10 @@ output is the render at ``s = 0``.  Loss: ``(1 - lambda) L1 + lambda (1 - SSIM)`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -200,22 +203,55 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.
     return g / g.sum()
 
 
+class _ValidGaussianFilter(torch.autograd.Function):
+    """Separable filter of ``[H, W, C]`` CPU images keeping the valid region ``[H-2r, W-2r, C]``
+    (OpenCV's ``sepFilter2D``; several times faster than PyTorch's grouped convolutions on CPU).
+
+    The kernel ``[2r+1]`` is symmetric, so the backward pass is the same filter applied to the
+    zero-padded output gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, image: Tensor, kernel: np.ndarray) -> Tensor:  # type: ignore[override]
+        r = len(kernel) // 2
+        arr = np.ascontiguousarray(image.detach().numpy())
+        ctx.kernel, ctx.shape = kernel, arr.shape
+        out = cv2.sepFilter2D(arr, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT)
+        return torch.from_numpy(np.ascontiguousarray(out.reshape(arr.shape)[r:-r, r:-r]))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        kernel = ctx.kernel
+        r = len(kernel) // 2
+        padded = np.zeros(ctx.shape, dtype=kernel.dtype)
+        padded[r:-r, r:-r] = grad.numpy()
+        out = cv2.sepFilter2D(padded, -1, kernel, kernel, borderType=cv2.BORDER_CONSTANT)
+        return torch.from_numpy(out.reshape(ctx.shape)), None
+
+
+def _filter_valid(t: Tensor, window: int, sigma: float) -> Tensor:
+    """Gaussian filter of ``[H, W, C]`` (valid region ``[H-w+1, W-w+1, C]``): OpenCV on CPU, conv2d elsewhere."""
+    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
+        kernel = _gaussian_window(window, sigma, t.dtype, t.device).numpy()
+        return _ValidGaussianFilter.apply(t, kernel)
+    ch = t.shape[-1]
+    g = _gaussian_window(window, sigma, t.dtype, t.device)
+    x = t.permute(2, 0, 1)[None]
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(ch, 1, 1, window), groups=ch)
+    x = F.conv2d(x, g.view(1, 1, -1, 1).expand(ch, 1, window, 1), groups=ch)
+    return x[0].permute(1, 2, 0)
+
+
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """Mean structural similarity of images ``[H, W, C]`` in [0, 1] (Gaussian window, valid region)."""
-    x = a.permute(2, 0, 1)[None]
-    y = b.permute(2, 0, 1)[None]
-    ch = x.shape[1]
-    g = _gaussian_window(window, sigma, x.dtype, x.device)
-    gh = g.view(1, 1, 1, -1).expand(ch, 1, 1, window)
-    gv = g.view(1, 1, -1, 1).expand(ch, 1, window, 1)
+    """Mean structural similarity of images ``[H, W, C]`` in [0, 1] (Gaussian window, valid region).
 
-    def blur(t: Tensor) -> Tensor:
-        return F.conv2d(F.conv2d(t, gh, groups=ch), gv, groups=ch)
-
-    mu_x, mu_y = blur(x), blur(y)
-    sxx = blur(x * x) - mu_x * mu_x
-    syy = blur(y * y) - mu_y * mu_y
-    sxy = blur(x * y) - mu_x * mu_y
+    The five local statistics (means, second moments, cross moment) are filtered in one call.
+    """
+    ch = a.shape[-1]
+    stats = _filter_valid(torch.cat([a, b, a * a, b * b, a * b], -1), window, sigma)
+    mu_x, mu_y, xx, yy, xy = stats.split(ch, dim=-1)
+    sxx = xx - mu_x * mu_x
+    syy = yy - mu_y * mu_y
+    sxy = xy - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
     num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
     den = (mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2)

@@ -101,6 +101,32 @@ def test_loss_and_ssim_basics() -> None:
     assert math.isfinite(photometric_loss(noisy, img, ssim_weight=0.0, mask=torch.zeros(40, 50, dtype=torch.bool)).item())
 
 
+def test_ssim_equals_the_convolution_definition_with_its_gradient() -> None:
+    """SSIM filters with OpenCV on CPU (custom backward): same values and gradients as PyTorch's convolutions."""
+    import torch.nn.functional as F
+
+    from posegs_ros.scene.blur import _gaussian_window
+
+    def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+        g = _gaussian_window(11, 1.5, x.dtype, x.device)
+        gh, gv = g.view(1, 1, 1, -1).expand(3, 1, 1, 11), g.view(1, 1, -1, 1).expand(3, 1, 11, 1)
+        blur = lambda t: F.conv2d(F.conv2d(t, gh, groups=3), gv, groups=3)  # noqa: E731
+        mx, my = blur(x), blur(y)
+        sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        c1, c2 = 0.01**2, 0.03**2
+        return (((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))).mean()
+
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(30, 41, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(30, 41, 3, generator=gen, dtype=torch.float64)
+    fast, ref = ssim(a, b), reference(a, b)
+    (g_fast,) = torch.autograd.grad(fast, a)
+    (g_ref,) = torch.autograd.grad(ref, a)
+    assert torch.allclose(fast, ref, atol=1e-14) and torch.allclose(g_fast, g_ref, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda x: ssim(x, b[:14, :15]), (a[:14, :15].detach().requires_grad_(),))
+
+
 def test_groups_without_a_pose_are_hidden_and_placed_scenes_stay_put() -> None:
     from posegs_ros.scene.blur import group_subset, move_groups
 
