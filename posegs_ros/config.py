@@ -77,11 +77,11 @@ class TrackingConfig:
     """Per-frame camera tracking (flow lifted to 3D, robust Gauss-Newton, blur-aware refinement)."""
 
     flow: str = _f("dis", "dense optical flow: dis (OpenCV DIS) | farneback")
-    flow_preset: str = _f("balanced", "DIS preset: ultrafast | fast | balanced | medium (balanced: medium with 2 "
-                          "variational refinement iterations, as accurate for tracking and faster)")
+    flow_preset: str = _f("balanced", "DIS preset: ultrafast | fast | balanced | medium (balanced: medium with fewer "
+                          "gradient-descent and variational iterations, as accurate for tracking and faster)")
     flow_passes: int = _f(2, "at most this many render -> flow -> Gauss-Newton passes per frame (each starts from "
                           "the previous pose)")
-    repass_px: float = _f(2.0, "another pass only when the median flow of the previous one exceeded this (pixels): "
+    repass_px: float = _f(8.0, "another pass only when the median flow of the previous one exceeded this (pixels): "
                           "large after dropped frames or a jerk, small in steady tracking")
     gn_iterations: int = _f(4, "Gauss-Newton iterations on reprojection + photometric residuals")
     huber_px: float = _f(1.5, "Huber threshold of reprojection residuals (pixels)")

@@ -64,6 +64,7 @@ class RealtimeRecorder:
     sent_at: dict[int, float] = field(default_factory=dict)  # stamp ns -> clock when the pose was sent
     rendered: list[int] = field(default_factory=list)  # stamps ns of published renders
     latencies: list[float] = field(default_factory=list)  # status.tracking_latency of every processed frame
+    stages: dict[str, list[float]] = field(default_factory=dict)  # status.time_<stage> of every processed frame
     status: dict[str, Any] = field(default_factory=dict)  # the last status message's fields
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,6 +73,8 @@ class RealtimeRecorder:
             with self._lock:
                 if message.fields["frames_processed"] != self.status.get("frames_processed"):
                     self.latencies.append(float(message.fields["tracking_latency"]))
+                    for stage in ("render", "flow", "tracking"):
+                        self.stages.setdefault(stage, []).append(float(message.fields[f"time_{stage}"]))
                 self.status = dict(message.fields)
         elif key == "deblurred" and self.render_dir is not None:
             from ..io import atomic_write_image, image_to_rgb, stamp_to_nanoseconds
@@ -209,6 +212,7 @@ def replay_realtime(
                 "posed_share": len(stamps) / max(images, 1),
                 "tracking_latency_ms": _stats(lat),
                 "receipt_to_tf_ms": _stats(to_tf),
+                "stage_median_ms": {k: float(np.median(v)) * 1000.0 for k, v in recorder.stages.items() if v},
                 "renders": len(recorder.rendered),
                 "renders_skipped": snapshot.renders_skipped,
                 "mapping_rounds": stats.get("mapping_rounds", 0),

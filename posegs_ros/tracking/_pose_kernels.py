@@ -54,6 +54,60 @@ def se3_exp(xi: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def se3_log(pose: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Twist ``[6]`` ``(rho, phi)`` of a rigid transform ``[4, 4]`` (as geometry.se3_log: Shepperd's
+    quaternion, angle in [0, pi])."""
+    r = pose
+    m00, m11, m22 = r[0, 0], r[1, 1], r[2, 2]
+    d21, d12, d02, d20, d10, d01 = r[2, 1], r[1, 2], r[0, 2], r[2, 0], r[1, 0], r[0, 1]
+    cand = np.array([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22])
+    best = int(np.argmax(cand))
+    root = math.sqrt(max(cand[best], 1e-12))
+    if best == 0:
+        q = np.array([root / 2, (d21 - d12) / (2 * root), (d02 - d20) / (2 * root), (d10 - d01) / (2 * root)])
+    elif best == 1:
+        q = np.array([(d21 - d12) / (2 * root), root / 2, (d01 + d10) / (2 * root), (d02 + d20) / (2 * root)])
+    elif best == 2:
+        q = np.array([(d02 - d20) / (2 * root), (d01 + d10) / (2 * root), root / 2, (d12 + d21) / (2 * root)])
+    else:
+        q = np.array([(d10 - d01) / (2 * root), (d02 + d20) / (2 * root), (d12 + d21) / (2 * root), root / 2])
+    if q[0] < 0:
+        q = -q
+    q = q / max(math.sqrt(q[0] ** 2 + q[1] ** 2 + q[2] ** 2 + q[3] ** 2), 1e-12)
+    w = min(max(q[0], 0.0), 1.0)
+    n2 = q[1] ** 2 + q[2] ** 2 + q[3] ** 2
+    if n2 < SMALL_ANGLE * SMALL_ANGLE:
+        ws = max(w, 0.5)
+        factor = 2.0 / ws * (1.0 - n2 / (3.0 * ws * ws))
+    else:
+        n = math.sqrt(n2)
+        factor = 2.0 * math.atan2(n, w) / n
+    phi = np.array([q[1] * factor, q[2] * factor, q[3] * factor])
+    theta2 = phi[0] ** 2 + phi[1] ** 2 + phi[2] ** 2
+    if theta2 < SMALL_ANGLE * SMALL_ANGLE:
+        d = 1.0 / 12.0 + theta2 / 720.0
+    else:
+        t = math.sqrt(theta2)
+        a = math.sin(t) / t
+        b = (1.0 - math.cos(t)) / theta2
+        d = (1.0 - a / (2.0 * max(b, 1e-12))) / theta2
+    w_hat = np.zeros((3, 3))
+    w_hat[0, 1], w_hat[0, 2] = -phi[2], phi[1]
+    w_hat[1, 0], w_hat[1, 2] = phi[2], -phi[0]
+    w_hat[2, 0], w_hat[2, 1] = -phi[1], phi[0]
+    w2 = w_hat @ w_hat
+    out = np.empty(6)
+    for i in range(3):
+        acc = 0.0
+        for j in range(3):
+            eye = 1.0 if i == j else 0.0
+            acc += (eye - 0.5 * w_hat[i, j] + d * w2[i, j]) * r[j, 3]
+        out[i] = acc
+        out[3 + i] = phi[i]
+    return out
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _bilinear(image: np.ndarray, u: float, v: float) -> float:  # pragma: no cover - compiled
     """As flow.bilinear_sample for one sample (clamped to the border)."""
     h, w = image.shape

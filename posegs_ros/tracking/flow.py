@@ -11,12 +11,13 @@ import numpy as np
 
 __all__ = ["DenseFlow", "to_gray", "flow_consistency", "bilinear_sample", "image_gradients"]
 
-# name -> (OpenCV preset, parameter changes); "balanced" is "medium" with 2 instead of 5
-# variational refinement iterations: ~25 % faster, the same tracking accuracy (README, real time)
+# name -> (OpenCV preset, parameter changes); "balanced" is "medium" with 12 instead of 25 patch
+# gradient-descent iterations and 1 instead of 5 variational refinement iterations: ~25 % faster,
+# the same tracking accuracy (measured on 60- and 300-frame synthetic sequences; README, real time)
 _DIS_PRESETS: dict[str, tuple[int, dict[str, int]]] = {
     "ultrafast": (cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, {}),
     "fast": (cv2.DISOPTICAL_FLOW_PRESET_FAST, {}),
-    "balanced": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, {"VariationalRefinementIterations": 2}),
+    "balanced": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, {"GradientDescentIterations": 12, "VariationalRefinementIterations": 1}),
     "medium": (cv2.DISOPTICAL_FLOW_PRESET_MEDIUM, {}),
 }
 

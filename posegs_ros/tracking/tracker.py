@@ -26,6 +26,7 @@ from ..camera import Intrinsics
 from ..config import PosegsConfig
 from .flow import DenseFlow, bilinear_sample, image_gradients, to_gray
 from ..geometry import se3_exp, se3_log
+from . import _pose_kernels
 from .pose_solver import PhotometricTerm, PoseSolveResult, solve_pose
 
 __all__ = ["TrackingResult", "Tracker", "predict_constant_velocity", "initial_twist", "twist_units"]
@@ -45,8 +46,8 @@ def predict_constant_velocity(previous: np.ndarray, before_previous: np.ndarray 
     if before_previous is None:
         return previous.copy()
     rel = np.linalg.inv(before_previous) @ previous
-    xi = se3_log(torch.from_numpy(rel)) * float(np.clip(dt_ratio, 0.0, 3.0))
-    return previous @ se3_exp(xi).numpy()
+    xi = _pose_kernels.se3_log(np.ascontiguousarray(rel, dtype=np.float64)) * float(np.clip(dt_ratio, 0.0, 3.0))
+    return previous @ _pose_kernels.se3_exp(xi)
 
 
 def initial_twist(previous: np.ndarray, current: np.ndarray, exposure_ratio: float) -> np.ndarray:
@@ -56,7 +57,7 @@ def initial_twist(previous: np.ndarray, current: np.ndarray, exposure_ratio: flo
     vanishes at ``d = 0``: refinement must start away from zero.
     """
     rel = np.linalg.inv(previous) @ current
-    return se3_log(torch.from_numpy(rel)).numpy() * exposure_ratio
+    return _pose_kernels.se3_log(np.ascontiguousarray(rel, dtype=np.float64)) * exposure_ratio
 
 
 @dataclass
@@ -73,6 +74,7 @@ class TrackingResult:
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     twist_refined: bool = False  # the blur-aware refinement set ``twist`` (else it is ``twist_init``)
+    passes: int = 0  # render -> flow -> solve passes run
 
 
 def _median_flow_px(flow: np.ndarray, alpha: np.ndarray, stride: int = 4) -> float:
@@ -154,7 +156,9 @@ class Tracker:
         pose_pass = pose_pred
         solved: PoseSolveResult | None = None
         first: tuple[RenderOutput, float, np.ndarray] | None = None
+        passes = 0
         for _ in range(max(t.flow_passes, 1)):
+            passes += 1
             t0 = time.perf_counter()
             with torch.no_grad():
                 if blurred_subframes > 1 and blurred_subframes % 2 == 1:
@@ -221,6 +225,7 @@ class Tracker:
             timings=timings,
             reason=reason,
             twist_refined=refined,
+            passes=passes,
         )
 
     def _gauss_newton(

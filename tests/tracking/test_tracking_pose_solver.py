@@ -98,3 +98,14 @@ def test_kernel_se3_exp_matches_geometry() -> None:
     for scale in (1e-7, 1e-3, 0.5, 2.0):
         xi = rng.normal(0, scale, 6)
         np.testing.assert_allclose(kernel_exp(xi), exp(list(xi)), atol=1e-12)
+
+
+def test_kernel_se3_log_matches_geometry() -> None:
+    from posegs_ros.geometry import se3_log
+    from posegs_ros.tracking._pose_kernels import se3_log as kernel_log
+
+    rng = np.random.default_rng(5)
+    for scale in (1e-7, 1e-3, 0.5, 2.0, 3.1):
+        xi = rng.normal(0, scale, 6)
+        pose = exp(list(xi))
+        np.testing.assert_allclose(kernel_log(pose), se3_log(torch.from_numpy(pose)).numpy(), atol=1e-10)
