@@ -64,6 +64,7 @@ class RealtimeRecorder:
     sent_at: dict[int, float] = field(default_factory=dict)  # stamp ns -> clock when the pose was sent
     rendered: list[int] = field(default_factory=list)  # stamps ns of published renders
     latencies: list[float] = field(default_factory=list)  # status.tracking_latency of every processed frame
+    processed: list[int] = field(default_factory=list)  # status.frame_index of every processed frame
     stages: dict[str, list[float]] = field(default_factory=dict)  # status.time_<stage> of every processed frame
     status: dict[str, Any] = field(default_factory=dict)  # the last status message's fields
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -73,6 +74,7 @@ class RealtimeRecorder:
             with self._lock:
                 if message.fields["frames_processed"] != self.status.get("frames_processed"):
                     self.latencies.append(float(message.fields["tracking_latency"]))
+                    self.processed.append(int(message.fields["frame_index"]))
                     for stage in ("render", "flow", "tracking"):
                         self.stages.setdefault(stage, []).append(float(message.fields[f"time_{stage}"]))
                 self.status = dict(message.fields)
@@ -232,6 +234,10 @@ def replay_realtime(
                 "image_topic": topic,
                 "config": config_to_dict(cfg),
                 "realtime": realtime,
+                "frames": [
+                    {"index": i, "tracking_latency_ms": 1000.0 * lat_s}
+                    for i, lat_s in zip(recorder.processed, recorder.latencies)
+                ],
                 "summary": {
                     "images_in_bag": total,
                     "frames_processed": snapshot.frames_processed,

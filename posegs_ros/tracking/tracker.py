@@ -77,6 +77,12 @@ class TrackingResult:
     passes: int = 0  # render -> flow -> solve passes run
 
 
+def _render_gray(rgb: np.ndarray) -> np.ndarray:
+    """``[H, W]`` uint8 grey of a render ``[H, W, 3]`` float in [0, 1] (one conversion, one rounding)."""
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2GRAY)
+    return np.clip(gray * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
 def _median_flow_px(flow: np.ndarray, alpha: np.ndarray, stride: int = 4) -> float:
     """Median flow magnitude ``[H, W, 2]`` over the pixels the map covers, sampled every ``stride`` (0 if none)."""
     sub = flow[::stride, ::stride][alpha[::stride, ::stride] > COVERED_ALPHA]
@@ -170,7 +176,7 @@ class Tracker:
                 else:
                     out = render_views(scene, torch.from_numpy(pose_pass)[None], k, settings)
             timings["render"] += time.perf_counter() - t0
-            ref_gray = to_gray(out.rgb[0].clamp(0, 1).numpy())
+            ref_gray = _render_gray(out.rgb[0].numpy())
             depth = out.depth[0, ..., 0].numpy()
             alpha = out.alpha[0, ..., 0].numpy()
             t0 = time.perf_counter()
