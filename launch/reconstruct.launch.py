@@ -43,7 +43,8 @@ def _camera_info_beside(image_topic: str) -> str:
 
 def _actions(context: LaunchContext) -> list:
     share = get_package_share_directory(PACKAGE)
-    config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", "posegs.yaml")
+    config = LaunchConfiguration("config").perform(context)
+    preset = LaunchConfiguration("preset").perform(context)
     image_topic = LaunchConfiguration("image_topic").perform(context)
     camera_info_topic = LaunchConfiguration("camera_info_topic").perform(context) or _camera_info_beside(image_topic)
     namespace = LaunchConfiguration("namespace").perform(context)
@@ -55,7 +56,11 @@ def _actions(context: LaunchContext) -> list:
     if rate <= 0:
         raise ValueError(f"launch argument rate:={rate} must be > 0")
 
-    node_parameters: list = [config, {"use_sim_time": use_sim_time}]
+    # no parameter file by default: the node's defaults are config/posegs.yaml's, and a file that
+    # sets every parameter (as posegs.yaml does) would leave nothing for a preset to choose
+    node_parameters: list = ([config] if config else []) + [{"use_sim_time": use_sim_time}]
+    if preset:
+        node_parameters.append({"preset": preset})
     if compressed:
         node_parameters.append({"ros.image_transport": "compressed"})
     image_base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
@@ -113,7 +118,8 @@ def _actions(context: LaunchContext) -> list:
 def generate_launch_description() -> LaunchDescription:
     """Arguments, then the node (and bag player / RViz when asked)."""
     arguments = [
-        ("config", "", "ROS parameter file (default: the package's config/posegs.yaml)"),
+        ("config", "", "ROS parameter file with the settings to change (config/posegs.yaml lists them all)"),
+        ("preset", "", "speed / quality trade-off: fast | balanced | best (default: the node's, balanced)"),
         ("image_topic", "/camera/image_raw", "sensor_msgs/Image topic (with compressed:=true its /compressed)"),
         ("camera_info_topic", "", "sensor_msgs/CameraInfo topic (default: camera_info beside image_topic)"),
         ("namespace", "", "namespace of the node (and of RViz)"),

@@ -30,6 +30,8 @@ __all__ = [
     "BlurConfig",
     "DynamicConfig",
     "PosegsConfig",
+    "PRESETS",
+    "preset_config",
     "load_config",
     "config_from_dict",
     "config_to_dict",
@@ -180,8 +182,10 @@ class DynamicConfig:
 class PosegsConfig:
     """The whole configuration."""
 
+    preset: str = _f("balanced", "named speed / quality trade-off (fast | balanced | best), applied under every "
+                     "setting given explicitly (README, Presets)")
     seed: int = _f(0, "random seed (runs are deterministic on CPU given the seed)")
-    threads: int = _f(0, "torch / numba threads (0 = all cores)")
+    threads: int = _f(0, "CPU threads the engine keeps busy (0 = all cores; concurrent mode: one tracks, the rest map)")
     render: RenderConfig = field(default_factory=RenderConfig)
     init: InitConfig = field(default_factory=InitConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -189,6 +193,22 @@ class PosegsConfig:
     mapping: MappingConfig = field(default_factory=MappingConfig)
     blur: BlurConfig = field(default_factory=BlurConfig)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+
+
+# name -> settings it changes (dotted names); every other setting keeps its default. "balanced"
+# is the defaults themselves. README, "Presets", has the measured speed and quality of each.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {},
+    "balanced": {},
+    "best": {},
+}
+
+
+def preset_config(name: str) -> PosegsConfig:
+    """The defaults with preset ``name`` applied (its ``preset`` field set to ``name``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return apply_flat(PosegsConfig(), {**PRESETS[name], "preset": name})
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -253,12 +273,14 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def load_config(*paths: str | Path, overrides: Mapping[str, Any] | None = None) -> PosegsConfig:
-    """Defaults, overlaid by each YAML file in order, then by dotted ``overrides``.
+    """Defaults, the preset, each YAML file in order, then dotted ``overrides``.
 
-    A YAML file may hold the tree at top level or under ``posegs_node: ros__parameters:``
-    (the ROS 2 parameter-file layout), so ``config/posegs.yaml`` serves both.
+    The preset (``preset`` in ``overrides``, else the last file that names one, else
+    "balanced") is applied first, so every setting given explicitly wins over it. A YAML file
+    may hold the tree at top level or under ``posegs_node: ros__parameters:`` (the ROS 2
+    parameter-file layout), so ``config/posegs.yaml`` serves both.
     """
-    data: dict[str, Any] = config_to_dict(PosegsConfig())
+    layers = []
     for path in paths:
         p = Path(path)
         try:
@@ -267,10 +289,20 @@ def load_config(*paths: str | Path, overrides: Mapping[str, Any] | None = None) 
             raise ConfigError(f"cannot read config file {p}: {err}") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {p} is not valid YAML: {err}") from err
-        data = _merge(data, _unwrap_ros_parameters(loaded, p))
+        layers.append(_unwrap_ros_parameters(loaded, p))
+    preset = PosegsConfig.preset
+    for layer in layers:
+        preset = layer.get("preset", preset)
+    preset = (overrides or {}).get("preset", preset)
+    if not isinstance(preset, str):
+        raise ConfigError(f"preset: expected a name, got {preset!r}")
+    data: dict[str, Any] = config_to_dict(preset_config(preset))
+    for layer in layers:
+        data = _merge(data, layer)
+    data["preset"] = preset
     cfg = config_from_dict(data)
     if overrides:
-        cfg = apply_flat(cfg, overrides)
+        cfg = apply_flat(cfg, {k: v for k, v in overrides.items() if k != "preset"})
     return cfg
 
 

@@ -173,16 +173,25 @@ class ReconstructNode(Node):
         )
 
     def _declare_parameters(self) -> dict[str, Any]:
+        """Declare every parameter: ``preset`` first, then the others with that preset's values
+        as defaults (so a parameter file or ``-p`` overrides the preset, the preset the defaults)."""
         values: dict[str, Any] = {}
-        for spec in parameter_specs():
-            descriptor = ParameterDescriptor(description=spec.description, read_only=True)
-            try:
-                values[spec.name] = self.declare_parameter(spec.name, spec.default, descriptor).value
-            except ParameterException as err:
-                raise ConfigError(
-                    f"parameter {spec.name}: {err} (expected a {spec.type.__name__}; floats need a decimal point)"
-                ) from err
+        specs = parameter_specs()
+        preset_spec = next(spec for spec in specs if spec.name == "preset")
+        values["preset"] = self._declare(preset_spec)
+        for spec in parameter_specs(str(values["preset"])):
+            if spec.name != "preset":
+                values[spec.name] = self._declare(spec)
         return values
+
+    def _declare(self, spec: Any) -> Any:
+        descriptor = ParameterDescriptor(description=spec.description, read_only=True)
+        try:
+            return self.declare_parameter(spec.name, spec.default, descriptor).value
+        except ParameterException as err:
+            raise ConfigError(
+                f"parameter {spec.name}: {err} (expected a {spec.type.__name__}; floats need a decimal point)"
+            ) from err
 
     def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
         future = self.worker.request_save(request.path)

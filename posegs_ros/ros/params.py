@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from ..config import ConfigError, PosegsConfig, apply_flat, config_from_dict, flatten, parameter_table
+from ..config import ConfigError, PosegsConfig, apply_flat, config_from_dict, flatten, parameter_table, preset_config
 
 __all__ = [
     "ROS_PREFIX",
@@ -178,11 +178,13 @@ def node_parameter_table(settings: NodeSettings | None = None) -> list[tuple[str
     return parameter_table(settings or NodeSettings())  # type: ignore[arg-type] - any config dataclass walks
 
 
-def parameter_specs() -> list[ParameterSpec]:
-    """Every parameter of the node: engine config leaves, then ``ros.`` node settings."""
+def parameter_specs(preset: str | None = None) -> list[ParameterSpec]:
+    """Every parameter of the node: engine config leaves (defaults of ``preset``; ``preset``
+    itself first), then ``ros.`` node settings."""
     engine_types = _leaf_types(PosegsConfig)
     node_types = _leaf_types(NodeSettings)
-    specs = [ParameterSpec(name, value, text, engine_types[name]) for name, value, text in parameter_table()]
+    base = preset_config(preset) if preset is not None else PosegsConfig()
+    specs = [ParameterSpec(name, value, text, engine_types[name]) for name, value, text in parameter_table(base)]
     specs += [
         ParameterSpec(ROS_PREFIX + name, value, text, node_types[name]) for name, value, text in node_parameter_table()
     ]
@@ -214,7 +216,7 @@ def settings_from_parameters(values: Mapping[str, Any]) -> tuple[PosegsConfig, N
             node[name[len(ROS_PREFIX):]] = value
         else:
             engine[name] = value
-    config = apply_flat(PosegsConfig(), engine)
+    config = apply_flat(preset_config(str(engine.get("preset", PosegsConfig.preset))), engine)
     known = flatten(NodeSettings())
     unknown = sorted(set(node) - set(known))
     if unknown:

@@ -37,15 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from .replay import parse_overrides, replay
+    from .replay import config_from_args, replay
     from .synth import SynthConfig, generate, write
 
     try:
         selected = [RUNS[int(i)] for i in args.runs.split(",") if i.strip()]
     except (ValueError, IndexError):
         raise SystemExit(f"--runs takes numbers 0..{len(RUNS) - 1}, got {args.runs!r}") from None
-    common = parse_overrides(args.overrides)
     with tempfile.TemporaryDirectory(prefix="posegs-dynamic-") as tmp:
         work = args.work or Path(tmp)
         data: dict[bool, Path] = {}
@@ -54,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             data[dynamic] = write(seq, work / ("dynamic" if dynamic else "static"), force=True)
         rows = []
         for name, dynamic, groups in selected:
-            cfg = load_config(*args.config, overrides={**common, "dynamic.enabled": groups})
+            cfg = config_from_args(args, {"dynamic.enabled": groups})
             print(f"running '{name}' ...", flush=True)
             out = work / name.replace(" ", "_").replace(",", "")
             result = replay(data[dynamic] / "bag", out, cfg, force=True, progress=False)

@@ -34,12 +34,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..config import load_config
     from ..pipeline import Frame, Reconstructor
-    from .replay import parse_overrides
+    from .replay import config_from_args
     from .synth import SynthConfig, generate
 
-    cfg = load_config(*args.config, overrides=parse_overrides(args.overrides))
+    cfg = config_from_args(args)
     seq = generate(SynthConfig(seed=args.seed, frames=args.frames, width=args.width, height=args.height))
     engine = Reconstructor(cfg)
     profiler = cProfile.Profile() if args.profile else None

@@ -8,6 +8,12 @@ does, evaluates against ground truth and prints one Markdown table:
 - ``blur off``: one sharp render per frame (no exposure model);
 - ``two-step``: poses from tracking are frozen, mapping optimizes Gaussians only;
 - ``full on sharp input``: the method on the sequence without motion blur.
+
+``--suite`` instead runs the default configuration on several sequences (:data:`SUITE`:
+default, fine texture, stronger blur, another seed) and on each one's sharp-camera twin (same
+scene and path, exposure 0), and prints one row per sequence: deblurred and input PSNR / SSIM
+against the sharp ground truth, the twin's render PSNR (the ceiling: what the map can show at
+all), ATE final / online, Gaussians and time.
 """
 
 from __future__ import annotations
@@ -27,27 +33,40 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
 }
 
 
+# name -> posegs synth settings (SynthConfig fields) of the suite's sequences
+SUITE: dict[str, dict[str, Any]] = {
+    "default": {},
+    "fine texture": {"texture_detail": "fine"},
+    "stronger blur": {"exposure": 1.0 / 30.0, "shake": 1.8},
+    "seed 1": {"seed": 1},
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .replay import add_config_arguments
 
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    parser.add_argument("--suite", action="store_true",
+                        help=f"the default configuration on the suite's sequences ({', '.join(SUITE)}) and their "
+                        "sharp-camera twins instead of the variants")
+    parser.add_argument("--sequences", default=",".join(SUITE), help="with --suite: comma-separated subset")
     add_config_arguments(parser, " for every variant")
     parser.add_argument("--work", type=Path, default=None, help="keep sequences and outputs here (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from .replay import parse_overrides, replay
+    if args.suite:
+        return run_suite(args)
+    from .replay import config_from_args, replay
     from .synth import SynthConfig, generate, write
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s): {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    common = parse_overrides(args.overrides)
     with tempfile.TemporaryDirectory(prefix="posegs-quality-") as tmp:
         work = args.work or Path(tmp)
         bags: dict[bool, Path] = {}
@@ -59,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         rows = []
         for name in names:
             overrides, sharp = VARIANTS[name]
-            cfg = load_config(*args.config, overrides={**common, **overrides})
+            cfg = config_from_args(args, overrides)
             print(f"running '{name}' ...", flush=True)
             result = replay(bags[sharp], work / name.replace(" ", "_").replace(",", ""), cfg, force=True, progress=False)
             rows.append(_row(name, result))
@@ -98,5 +117,76 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {r['variant']} | {r['ate_cm']:.2f} | {r['ate_online_cm']:.2f} | {r['psnr_deblurred']:.2f} | "
             f"{r['psnr_input']:.2f} | {r['psnr_deblurred'] - r['psnr_input']:+.2f} | {r['ssim_deblurred']:.3f} | "
             f"{r['fps']:.2f} | {r['final_refinement_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    """``--suite``: one row per sequence of :data:`SUITE` (and its sharp twin)."""
+    import dataclasses
+
+    from .replay import config_from_args, replay
+    from .synth import SynthConfig, generate, write
+
+    names = [n.strip() for n in args.sequences.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SUITE]
+    if unknown:
+        raise SystemExit(f"unknown sequence(s): {', '.join(unknown)}; known: {', '.join(SUITE)}")
+    cfg = config_from_args(args)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="posegs-suite-") as tmp:
+        work = args.work or Path(tmp)
+        for name in names:
+            synth = SynthConfig(**{"seed": args.seed, "frames": args.frames, **SUITE[name]})
+            slug = name.replace(" ", "_")
+            runs = {}
+            for twin in (False, True):
+                seq_dir = work / f"{slug}{'_sharp' if twin else ''}"
+                if not (seq_dir / "meta.json").exists():
+                    seq = generate(dataclasses.replace(synth, exposure=0.0) if twin else synth)
+                    write(seq, seq_dir, force=True)
+                print(f"running '{name}'{' (sharp twin)' if twin else ''} ...", flush=True)
+                runs[twin] = replay(seq_dir / "bag", work / f"run_{slug}{'_sharp' if twin else ''}", cfg, force=True,
+                                    progress=False)
+            blur = json.loads((work / slug / "meta.json").read_text()).get("blur_px_mean", float("nan"))
+            rows.append(_suite_row(name, runs[False], runs[True], blur_px=blur))
+            print(format_suite_table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(format_suite_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _suite_row(name: str, blurred: Any, sharp: Any, blur_px: float) -> dict[str, Any]:
+    row = _row(name, blurred)
+    ev = blurred.evaluation
+    summary = blurred.metrics["summary"]
+    row.update({
+        "sequence": name,
+        "blur_px": blur_px,
+        "ssim_input": ev.input.ssim_mean,
+        "psnr_ceiling": sharp.evaluation.deblurred.psnr_mean,
+        "ssim_ceiling": sharp.evaluation.deblurred.ssim_mean,
+        "ate_sharp_cm": 100 * sharp.evaluation.trajectory.ate_rmse_sim3,
+        "seconds": summary["seconds"] + summary["final_refinement_seconds"] + summary.get("final_render_seconds", 0.0),
+        "seconds_per_frame": (summary["seconds"] + summary["final_refinement_seconds"]
+                              + summary.get("final_render_seconds", 0.0)) / max(summary["frames_processed"], 1),
+    })
+    return row
+
+
+def format_suite_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of suite rows."""
+    head = ("| sequence | blur (px) | PSNR deblurred / input / ceiling (dB) | gain | to ceiling | SSIM deblurred / "
+            "input / ceiling | ATE final / online (cm) | Gaussians | s / frame |")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        lines.append(
+            f"| {r['sequence']} | {r['blur_px']:.1f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} / "
+            f"{r['psnr_ceiling']:.2f} | {r['psnr_deblurred'] - r['psnr_input']:+.2f} | "
+            f"{r['psnr_deblurred'] - r['psnr_ceiling']:+.2f} | {r['ssim_deblurred']:.3f} / {r['ssim_input']:.3f} / "
+            f"{r['ssim_ceiling']:.3f} | {r['ate_cm']:.2f} / {r['ate_online_cm']:.2f} | {r['gaussians']} | "
+            f"{r['seconds_per_frame']:.2f} |"
         )
     return "\n".join(lines)

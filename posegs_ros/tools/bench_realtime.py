@@ -10,7 +10,7 @@ sequence and rate:
 - online ATE (Sim(3)) of the poses as published;
 - PSNR of the ``~/deblurred`` renders as published (rendered from the map of that moment)
   against the sharp ground truth, and the input's PSNR on the same frames;
-- mapping rounds completed, CPU cores busy, and the share of the machine's CPU time the
+- mapping steps taken, CPU cores busy, and the share of the machine's CPU time the
   hypervisor gave to other virtual machines meanwhile (steal: on a shared host the numbers
   above are only comparable at similar steal).
 
@@ -49,12 +49,11 @@ def _spin(stop: Any) -> None:  # pragma: no cover - runs in a child process
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from .replay import parse_overrides
+    from .replay import config_from_args
     from .realtime import replay_realtime
     from .synth import SynthConfig, generate, write
 
-    cfg = load_config(*args.config, overrides=parse_overrides(args.overrides))
+    cfg = config_from_args(args)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     rows: list[dict[str, Any]] = []
@@ -95,7 +94,7 @@ def _row(seed: int, rate: float, result: Any, out: Path) -> dict[str, Any]:
         "posed_share": live["posed_share"], "dropped": live["frames_dropped"],
         "latency_median_ms": live["tracking_latency_ms"]["median"], "latency_p95_ms": live["tracking_latency_ms"]["p95"],
         "receipt_to_tf_median_ms": live["receipt_to_tf_ms"]["median"], "renders": live["renders"],
-        "mapping_rounds": live["mapping_rounds"], "keyframes": live["keyframes"], "gaussians": live["gaussians"],
+        "mapping_rounds": live["mapping_rounds"], "mapping_steps": live["mapping_steps"], "keyframes": live["keyframes"], "gaussians": live["gaussians"],
         "cpu_cores": live["cpu_cores_used"], "cpu_steal": live.get("cpu_steal_share"),
         "ate_online_cm": math.nan, "psnr_deblurred": math.nan, "psnr_input": math.nan,
     }
@@ -117,21 +116,21 @@ def _line(row: dict[str, Any]) -> str:
     return (f"seed {row['seed']} rate {row['rate']}: posed {row['posed']}/{row['images']} "
             f"({100 * row['posed_share']:.1f} %), latency median {row['latency_median_ms']:.1f} ms "
             f"p95 {row['latency_p95_ms']:.1f} ms, online ATE {row['ate_online_cm']:.2f} cm, PSNR deblurred "
-            f"{row['psnr_deblurred']:.2f} dB vs input {row['psnr_input']:.2f} dB, {row['mapping_rounds']} mapping "
-            f"rounds, {row['cpu_cores']:.2f} cores" + (f", {100 * row['cpu_steal']:.0f} % CPU stolen by the hypervisor"
+            f"{row['psnr_deblurred']:.2f} dB vs input {row['psnr_input']:.2f} dB, {row['renders']} renders, "
+            f"{row['mapping_steps']} mapping steps, {row['cpu_cores']:.2f} cores" + (f", {100 * row['cpu_steal']:.0f} % CPU stolen by the hypervisor"
                                                        if row.get("cpu_steal") is not None else ""))
 
 
 def markdown_table(rows: list[dict[str, Any]], busy: bool = False) -> str:
     """The README table of ``rows``."""
     head = ("| seed | rate | frames posed | tracking latency median / p95 (ms) | online ATE (cm) | "
-            "PSNR online deblurred / input (dB) | renders | mapping rounds | CPU cores busy | CPU stolen |")
+            "PSNR online deblurred / input (dB) | renders | mapping steps | CPU cores busy | CPU stolen |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['rate']:g}{' (+ busy process)' if busy else ''} | {r['posed']} / {r['images']} "
             f"({100 * r['posed_share']:.1f} %) | {r['latency_median_ms']:.1f} / {r['latency_p95_ms']:.1f} | "
             f"{r['ate_online_cm']:.2f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} | {r['renders']} | "
-            f"{r['mapping_rounds']} | {r['cpu_cores']:.2f} | "
+            f"{r['mapping_steps']} | {r['cpu_cores']:.2f} | "
             + (f"{100 * r['cpu_steal']:.0f} % |" if r.get("cpu_steal") is not None else "- |"))
     return "\n".join(lines)

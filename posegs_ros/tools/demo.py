@@ -12,35 +12,40 @@ import argparse
 import sys
 from pathlib import Path
 
+from .replay import add_config_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("posegs_demo"), help="working directory (default: ./posegs_demo)")
     parser.add_argument("--frames", type=int, default=60, help="sequence length (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="scene / trajectory seed")
     parser.add_argument("--dynamic", action="store_true", help="add a moving object (and motion groups)")
-    parser.add_argument("--config", type=Path, action="append", default=[], help="engine config overlay (YAML)")
+    add_config_arguments(parser)
     parser.add_argument("--force", action="store_true", help="replace an existing --out directory")
 
 
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..config import load_config
+    from ..config import ConfigError
     from ..io import BagError
-    from .replay import ReplayError, replay
+    from .replay import ReplayError, config_from_args, replay
     from .synth import SynthConfig, generate, write
 
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not args.force:
         print(f"posegs demo: {out} exists and is not empty (use --force or another --out)", file=sys.stderr)
         return 2
+    try:
+        cfg = config_from_args(args, {"dynamic.enabled": True} if args.dynamic else None)
+    except ConfigError as err:
+        print(f"posegs demo: {err}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     print(f"[1/3] synthesizing {args.frames} blurred frames (320x240) ...", flush=True)
     seq = generate(SynthConfig(seed=args.seed, frames=args.frames, dynamic=args.dynamic))
     data = write(seq, out / "data", force=True)
     print(f"      mean blur {seq.blur_px.mean():.1f} px, written to {data}", flush=True)
-    overrides = {"dynamic.enabled": True} if args.dynamic else None
-    cfg = load_config(*args.config, overrides=overrides)
     print("[2/3] reconstructing from the bag (posegs replay) ...", flush=True)
     try:
         result = replay(data / "bag", out / "replay", cfg, force=True, progress=sys.stderr.isatty())
@@ -57,4 +62,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"speed: {summary['fps']:.2f} frames/s ({summary['frames_processed']} frames in {summary['seconds']:.0f} s), "
           f"{summary['keyframes']} keyframes, {summary['gaussians']} Gaussians")
     print(f"report: {result.out / 'report' / 'index.html'}   total {time.perf_counter() - t0:.0f} s")
+    if cfg.preset != "best":
+        print(f"(preset {cfg.preset}; for the best quality, at more time: posegs demo --preset best --force)")
     return 0

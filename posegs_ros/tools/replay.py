@@ -36,11 +36,30 @@ GT_SHARP_TOPIC = "/ground_truth/image_sharp"
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, scope: str = "") -> None:
-    """``--config FILE`` (YAML overlays) and ``--set NAME=VALUE`` (single overrides), both
-    repeatable, read back by ``load_config(*args.config, overrides=parse_overrides(args.overrides))``."""
+    """``--preset NAME``, ``--config FILE`` (YAML overlays, repeatable) and ``--set NAME=VALUE``
+    (single overrides, repeatable), read back by :func:`config_from_args`."""
+    from ..config import PRESETS
+
+    parser.add_argument("--preset", choices=list(PRESETS), default=None,
+                        help=f"speed / quality trade-off{scope} (default balanced); --config and --set override it")
     parser.add_argument("--config", type=Path, action="append", default=[], help="YAML config overlay (repeatable)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help=f"override one config parameter{scope}, e.g. --set blur.subframes=3 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
+    """The configuration :func:`add_config_arguments` describes: preset, then the files, then
+    ``--set`` and ``extra`` (dotted names).
+
+    Raises:
+        ConfigError: an unreadable file, an unknown name or a wrongly typed value.
+    """
+    from ..config import load_config
+
+    overrides = {"preset": args.preset} if args.preset else {}
+    overrides.update(parse_overrides(args.overrides))
+    overrides.update(extra or {})
+    return load_config(*args.config, overrides=overrides)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,11 +118,11 @@ class ReplayResult:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, load_config
+    from ..config import ConfigError
     from ..io import BagError
 
     try:
-        cfg = load_config(*args.config, overrides=parse_overrides(args.overrides))
+        cfg = config_from_args(args)
     except ConfigError as err:
         print(f"posegs replay: {err}", file=sys.stderr)
         return 2

@@ -27,6 +27,9 @@ from ..camera import Intrinsics
 
 __all__ = [
     "TEXTURE_FILES",
+    "PROCEDURAL_TEXTURES",
+    "TEXTURE_DETAILS",
+    "procedural_texture",
     "TextureAtlas",
     "Quads",
     "Scene",
@@ -56,12 +59,58 @@ TEXTURE_FILES: dict[str, tuple[str, tuple[float, float, float]]] = {
 }
 
 
+# procedural textures with detail at the scale of a pixel or two in the benchmark views
+# (fine-texture scenes: printed text, high-contrast noise, thin stripes); made, never downloaded
+PROCEDURAL_TEXTURES = ("fine_text", "fine_noise", "fine_stripes")
+TEXTURE_DETAILS = ("default", "fine")
+
+
+def procedural_texture(name: str, size: int = TEXTURE_SIZE) -> np.ndarray:
+    """Procedural texture ``name`` of :data:`PROCEDURAL_TEXTURES` as RGB ``[size, size, 3]``
+    float32 in [0, 1] (deterministic: a fixed seed per name)."""
+    rng = np.random.default_rng(PROCEDURAL_TEXTURES.index(name) + 101)
+    if name == "fine_text":  # dark print on paper: letters, digits and signs in lines
+        img = np.full((size, size, 3), (237, 230, 209), np.uint8)
+        glyphs = "ABCDEFGHKLMNPRSTUVWXYZ0123456789#%&@+=?"
+        line = size // 12
+        for row in range(12):
+            x = int(rng.integers(0, line // 2))
+            while x < size - line // 2:
+                char = glyphs[int(rng.integers(len(glyphs)))]
+                colour = tuple(int(c) for c in rng.integers(0, 64, 3))
+                cv2.putText(img, char, (x, (row + 1) * line - line // 5), cv2.FONT_HERSHEY_SIMPLEX,
+                            line / 38.0, colour, 2, cv2.LINE_AA)
+                x += int(line * rng.uniform(0.55, 0.8))
+        return img.astype(np.float32) / 255.0
+    if name == "fine_noise":  # two-colour random blocks
+        cells = rng.random((size // 32, size // 32)) < 0.5
+        blocks = cv2.resize(cells.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+        return np.where(blocks[..., None], np.float32([0.12, 0.16, 0.35]), np.float32([0.95, 0.88, 0.7]))
+    if name == "fine_stripes":  # patches of thin stripes at random angles and periods
+        img = np.zeros((size, size, 3), np.float32)
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        patch = size // 4
+        for py in range(4):
+            for px in range(4):
+                angle, period = rng.uniform(0, np.pi), rng.uniform(24.0, 64.0)
+                phase = (xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period
+                stripes = (np.sin(phase) > 0).astype(np.float32)
+                lo, hi = rng.uniform(0.0, 0.25, 3), rng.uniform(0.75, 1.0, 3)
+                sl = (slice(py * patch, (py + 1) * patch), slice(px * patch, (px + 1) * patch))
+                img[sl] = (lo + (hi - lo) * stripes[..., None])[sl]
+        return img
+    raise KeyError(name)
+
+
 def _skimage_data_dir() -> Path:
     return Path(str(importlib.resources.files("skimage") / "data"))
 
 
 def load_texture(name: str, size: int = TEXTURE_SIZE) -> np.ndarray:
-    """Texture ``name`` of :data:`TEXTURE_FILES` as RGB ``[size, size, 3] float32`` in [0, 1]."""
+    """Texture ``name`` (of :data:`TEXTURE_FILES` or :data:`PROCEDURAL_TEXTURES`) as RGB
+    ``[size, size, 3] float32`` in [0, 1]."""
+    if name in PROCEDURAL_TEXTURES:
+        return procedural_texture(name, size)
     filename, tint = TEXTURE_FILES[name]
     path = _skimage_data_dir() / filename
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -422,15 +471,22 @@ def _render_kernel(width, height, ss, fx, fy, cx, cy, origin, edge_u, edge_v, no
                     out_body[row, col] = body_of[q]
 
 
-def build_scene(rng: np.random.Generator, dynamic: bool = False) -> Scene:
+def build_scene(rng: np.random.Generator, dynamic: bool = False, texture_detail: str = "default") -> Scene:
     """The benchmark room: 5.0 x 6.0 x 2.7 m, three textured boxes, optionally a moving box.
 
     Room (world, z up): x in [-2.5, 2.5], y in [-1.5, 4.5], z in [0, 2.7]; the camera stands
     near the origin at 1.4 m height looking along +y, so the far wall is ~4.3 m away and the
     boxes 2.3-3.5 m.  ``rng`` places the boxes.  The moving box (body 1) is a 0.45 m cube in its
-    own frame centred at its origin.
+    own frame centred at its origin.  ``texture_detail``: ``default`` (photographs at tiles of
+    ~1 m) or ``fine`` (the same room and layout with high-contrast detail of 1-3 pixels in
+    the 320x240 views: printed text, noise and stripe patterns, photographs at small tiles).
     """
+    if texture_detail not in TEXTURE_DETAILS:
+        raise ValueError(f"texture_detail must be one of {TEXTURE_DETAILS}, got {texture_detail!r}")
+    fine = texture_detail == "fine"
     names = ["motorcycle", "brick", "ihc", "gravel", "grass", "cameraman", "astronaut", "coffee", "rocket"]
+    if fine:
+        names += list(PROCEDURAL_TEXTURES)
     if dynamic:
         names.append("chelsea")
     atlas = TextureAtlas.load(names)
@@ -440,24 +496,30 @@ def build_scene(rng: np.random.Generator, dynamic: bool = False) -> Scene:
     # per wall texture and tile size (metres): order of box_quads' faces
     wall_textures = [("cameraman", (1.4, 1.4)), ("motorcycle", (2.6, 1.75)), ("brick", (1.1, 1.1)),
                      ("ihc", (1.2, 1.2)), ("grass", (1.3, 1.3)), ("gravel", (0.9, 0.9))]
+    if fine:  # the far wall (+y, 2nd) and the side walls carry the finest patterns
+        wall_textures = [("fine_stripes", (0.5, 0.5)), ("fine_text", (1.0, 1.0)), ("fine_noise", (0.45, 0.45)),
+                         ("brick", (0.35, 0.35)), ("grass", (0.4, 0.4)), ("gravel", (0.3, 0.3))]
     room.texture = np.array([t(name) for name, _ in wall_textures], np.int64)
     room.tile_u = np.array([tile[0] for _, tile in wall_textures])
     room.tile_v = np.array([tile[1] for _, tile in wall_textures])
     parts = [room]
     boxes = []
     slots = [(-1.5, 3.1), (0.2, 3.5), (1.4, 2.7)]  # x, y centres; jittered per seed
+    box_tile = (0.3, 0.3) if fine else (0.7, 0.7)
     for (x, y), texture in zip(slots, ["astronaut", "coffee", "rocket"]):
         cx = x + rng.uniform(-0.25, 0.25)
         cy = y + rng.uniform(-0.2, 0.2)
         half = rng.uniform(0.25, 0.4, size=2)
         height = rng.uniform(0.5, 1.3)
         b_lo, b_hi = np.array([cx - half[0], cy - half[1], 0.0]), np.array([cx + half[0], cy + half[1], height])
-        parts.append(box_quads(b_lo, b_hi, t(texture), (0.7, 0.7)))
+        parts.append(box_quads(b_lo, b_hi, t(texture), box_tile))
         boxes.append({"texture": texture, "min": b_lo.round(4).tolist(), "max": b_hi.round(4).tolist()})
     description = {
         "room": {"min": lo.tolist(), "max": hi.tolist(), "textures": [n for n, _ in wall_textures]},
         "boxes": boxes,
-        "textures": "scikit-image data files: " + ", ".join(TEXTURE_FILES[n][0] for n in names),
+        "textures": "scikit-image data files: " + ", ".join(TEXTURE_FILES[n][0] for n in names if n in TEXTURE_FILES)
+        + (", procedural: " + ", ".join(PROCEDURAL_TEXTURES) if fine else ""),
+        "texture_detail": texture_detail,
     }
     if dynamic:
         half = 0.225

@@ -34,6 +34,7 @@ Output directory (:func:`write`; every file written atomically, ``meta.json`` la
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import time
@@ -87,6 +88,7 @@ class SynthConfig:
     shake: float = 1.0  # scale of the hand-held rotational shake (0: smooth path only)
     subframes: int = 9  # sharp renders averaged per blurred frame
     dynamic: bool = False  # add a moving textured box (ground-truth masks + pose)
+    texture_detail: str = "default"  # "fine": high-contrast detail of 1-3 px (text, noise, stripes, small tiles)
     supersample: int = 2  # rays per pixel side (antialiasing)
     focal: float | None = None  # pixels; default 250 * width / 320
     start_time: float = 1_700_000_000.0  # header stamp of frame 0 (seconds)
@@ -99,6 +101,8 @@ class SynthConfig:
             raise ValueError(f"need fps > 0 and 0 <= exposure <= 1/fps, got fps={self.fps}, exposure={self.exposure}")
         if self.subframes < 1 or self.supersample < 1 or self.shake < 0:
             raise ValueError("subframes and supersample must be >= 1 and shake >= 0")
+        if self.texture_detail not in ("default", "fine"):
+            raise ValueError(f"texture_detail must be default or fine, got {self.texture_detail!r}")
 
     @property
     def focal_px(self) -> float:
@@ -318,7 +322,7 @@ def generate(cfg: SynthConfig = SynthConfig(), progress: bool = False) -> SynthS
 
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    scene = build_scene(rng, dynamic=cfg.dynamic)
+    scene = build_scene(rng, dynamic=cfg.dynamic, texture_detail=cfg.texture_detail)
     camera_path = CameraPath.random(rng, cfg.shake)
     object_path = ObjectPath.random(rng) if cfg.dynamic else None
     f = cfg.focal_px
@@ -432,6 +436,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--supersample", type=int, default=d.supersample, help="rays per pixel side")
     parser.add_argument("--focal", type=float, default=None, help="focal length in pixels (default 250*width/320)")
     parser.add_argument("--dynamic", action="store_true", help="add a moving box with GT masks and pose")
+    parser.add_argument("--texture-detail", choices=("default", "fine"), default=d.texture_detail,
+                        help="fine: high-contrast detail of 1-3 px (text, noise, stripes, photographs at small tiles)")
+    parser.add_argument("--sharp-twin", type=Path, default=None, metavar="DIR",
+                        help="also write the same sequence with a sharp camera (exposure 0) to DIR")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage plugin")
     parser.add_argument("--force", action="store_true", help="replace synth outputs in a non-empty OUT")
 
@@ -444,7 +452,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = SynthConfig(seed=args.seed, frames=args.frames, width=args.width, height=args.height, fps=args.fps,
                           exposure=args.exposure, shake=args.shake, subframes=args.subframes,
-                          dynamic=args.dynamic, supersample=args.supersample, focal=args.focal)
+                          dynamic=args.dynamic, supersample=args.supersample, focal=args.focal,
+                          texture_detail=args.texture_detail)
     except ValueError as err:
         log.error("%s", err)
         return 2
@@ -452,4 +461,8 @@ def run(args: argparse.Namespace) -> int:
     write(seq, out, storage=args.storage, force=args.force)
     log.info("wrote %d frames to %s in %.1f s (render), blur extent %.2f px mean (min %.2f, max %.2f)",
              len(seq.frames), out, seq.seconds, seq.blur_px.mean(), seq.blur_px.min(), seq.blur_px.max())
+    if args.sharp_twin is not None:
+        twin = generate(dataclasses.replace(cfg, exposure=0.0), progress=True)
+        write(twin, args.sharp_twin, storage=args.storage, force=args.force)
+        log.info("wrote the sharp-camera twin (same scene and path, exposure 0) to %s", args.sharp_twin)
     return 0

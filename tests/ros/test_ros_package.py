@@ -137,11 +137,11 @@ def test_launch_file_compiles_and_declares_its_arguments() -> None:
     functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert "generate_launch_description" in functions
     arguments = launch_arguments()
-    assert {"config", "image_topic", "camera_info_topic", "namespace", "bag", "rate", "rviz"} <= set(arguments)
+    assert {"config", "preset", "image_topic", "camera_info_topic", "namespace", "bag", "rate", "rviz"} <= set(arguments)
     assert arguments["rviz"] == "false" and arguments["bag"] == "" and float(arguments["rate"]) == 1.0
     source = _launch_source()
     assert '"--clock"' in source and '"use_sim_time"' in source and "posegs.rviz" in source
-    assert 'executable="reconstruct_node"' in source and "posegs.yaml" in source
+    assert 'executable="reconstruct_node"' in source and '{"preset": preset}' in source
 
 
 def test_launch_node_name_matches_the_node_default() -> None:

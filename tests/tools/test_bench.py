@@ -50,3 +50,24 @@ def test_dynamic_table_marks_missing_mask_numbers() -> None:
 def test_pipeline_defaults_are_the_default_sequence() -> None:
     args = _parse(bench_pipeline)
     assert (args.frames, args.width, args.height, args.profile) == (60, 320, 240, False)
+
+
+def test_quality_suite_sequences_and_table() -> None:
+    args = _parse(bench_quality, "--suite")
+    assert args.suite and [s.strip() for s in args.sequences.split(",")] == list(bench_quality.SUITE)
+    assert {"default", "fine texture"} <= set(bench_quality.SUITE) and len(bench_quality.SUITE) >= 4
+    with pytest.raises(SystemExit, match="unknown sequence"):
+        bench_quality.run(_parse(bench_quality, "--suite", "--sequences", "default,nope"))
+    row = {"sequence": "fine texture", "blur_px": 5.6, "psnr_deblurred": 27.5, "psnr_input": 22.0, "psnr_ceiling": 29.0,
+           "ssim_deblurred": 0.9, "ssim_input": 0.7, "ssim_ceiling": 0.93, "ate_cm": 0.2, "ate_online_cm": 0.5,
+           "gaussians": 80000, "seconds_per_frame": 1.4}
+    assert "| fine texture | 5.6 | 27.50 / 22.00 / 29.00 | +5.50 | -1.50 |" in bench_quality.format_suite_table([row])
+
+
+def test_presets_are_offered_by_every_bench_and_override_order() -> None:
+    from posegs_ros.tools.replay import config_from_args
+
+    for module in (bench_quality, bench_dynamic, bench_pipeline):
+        assert _parse(module, "--preset", "fast").preset == "fast"
+    cfg = config_from_args(_parse(bench_quality, "--preset", "fast", "--set", "blur.subframes=6"))
+    assert cfg.preset == "fast" and cfg.blur.subframes == 6
