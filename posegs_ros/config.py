@@ -133,13 +133,16 @@ class MappingConfig:
     densify_stride: int = _f(4, "sample every n-th pixel when densifying")
     prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
     prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
-    max_gaussians: int = _f(60000, "cap on the number of Gaussians (memory bound)")
-    final_iters: int = _f(1200, "offline only (posegs replay): joint steps over every tracked frame after the last one")
-    final_rounds: int = _f(3, "offline only: alternations of joint refinement and flow-based re-tracking of every frame")
+    max_gaussians: int = _f(40000, "cap on the number of Gaussians (memory and time per mapping step)")
+    final_iters: int = _f(1600, "offline only (posegs replay): at most this many joint steps over the tracked frames after "
+                          "the last one (0 = no final refinement)")
+    final_steps_per_view: int = _f(8, "offline only: joint steps per view of the final refinement (so its cost follows the "
+                                   "views it refines, bounded by final_max_views and final_iters; 0 = final_iters steps)")
+    final_rounds: int = _f(1, "offline only: alternations of joint refinement and flow-based re-tracking of every frame")
     final_lr_factor: float = _f(0.02, "offline only: position and pose learning rates decay to this factor over the final refinement")
     final_densify_error: float = _f(0.05, "offline only: densify_error of the final refinement (finer detail than online)")
     final_densify_stride: int = _f(2, "offline only: densify_stride of the final refinement")
-    final_max_views: int = _f(400, "offline only: at most this many frames (evenly spaced) join the final refinement")
+    final_max_views: int = _f(200, "offline only: at most this many frames (evenly spaced) join the final refinement")
     optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
     idle_rounds: int = _f(2, "concurrent mapping (node, --realtime): window rounds run after the last keyframe "
                           "while no new one arrives, then the mapping thread sleeps")
@@ -152,11 +155,21 @@ class BlurConfig:
     """Exposure motion-blur model: mean of sharp renders along T exp(s d), s in [-1/2, 1/2]."""
 
     enabled: bool = _f(True, "model motion blur (off: one sharp render per frame)")
-    subframes: int = _f(5, "S sharp renders averaged per blurred frame (UPGS: 7; a speed knob on CPU)")
+    subframes: int = _f(0, "S sharp renders averaged per blurred frame: 0 = from each frame's blur length (its "
+                        "exposure twist), at most subframe_spacing_px apart; > 0 = that many for every frame (UPGS: 7)")
+    subframe_spacing_px: float = _f(2.0, "automatic sub-frames: the largest gap (pixels) between sub-frame renders along "
+                                    "the blur streak (a sparser sampling leaves ghosts)")
+    max_subframes: int = _f(9, "automatic sub-frames: at most this many per frame (the cost of a mapping step grows with it)")
     exposure_ratio: float = _f(0.5, "initial guess of exposure time / frame interval (seeds the exposure twist)")
     live_output: str = _f("fused", "deblurred image of a live frame (node ~/deblurred, --realtime): render = the map's "
                           "sharp render | fused = render + what the map does not explain of the frame, R + (I - B(R)) "
                           "(never worse than the camera where the map is young or empty)")
+
+    def __post_init__(self) -> None:
+        if self.subframes < 0 or self.max_subframes < 1 or not self.subframe_spacing_px > 0:
+            raise ConfigError(f"blur: need subframes >= 0 (0 = automatic), max_subframes >= 1 and "
+                              f"subframe_spacing_px > 0, got {self.subframes}, {self.max_subframes}, "
+                              f"{self.subframe_spacing_px}")
 
 
 @dataclass
@@ -198,9 +211,24 @@ class PosegsConfig:
 # name -> settings it changes (dotted names); every other setting keeps its default. "balanced"
 # is the defaults themselves. README, "Presets", has the measured speed and quality of each.
 PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {},
+    "fast": {
+        "mapping.final_steps_per_view": 3,
+        "mapping.final_iters": 600,
+        "mapping.final_max_views": 150,
+        "mapping.gaussian_iters": 20,
+        "mapping.joint_iters": 10,
+        "blur.max_subframes": 5,
+    },
     "balanced": {},
-    "best": {},
+    "best": {
+        "mapping.final_steps_per_view": 20,
+        "mapping.final_iters": 8000,
+        "mapping.final_max_views": 400,
+        "mapping.final_rounds": 3,
+        "mapping.max_gaussians": 80000,
+        "blur.subframe_spacing_px": 1.0,
+        "blur.max_subframes": 11,
+    },
 }
 
 

@@ -40,7 +40,7 @@ from .dynamic.motion_groups import MotionGroups, exclusion_margin, track_group
 from .mapping.backend import MappingBackend
 from .mapping.mapper import MappingStats, scene_tensors
 from .render._threads import set_thread_budget
-from .scene.blur import RenderSettings, SceneTensors, move_groups, render_views
+from .scene.blur import RenderSettings, SceneTensors, exposure_subframes, move_groups, render_views
 from .scene.deblur import fuse_deblurred
 from .scene.gaussians import sh0_to_rgb, write_ply
 from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe
@@ -334,7 +334,7 @@ class Reconstructor:
             def render() -> tuple[np.ndarray, np.ndarray]:  # deferred: the newest map, when asked
                 rgb, depth = self.render(pose, intr, groups)
                 if self.config.blur.live_output == "fused":
-                    rgb = fuse_deblurred(rgb, image, depth, intr, twist, self.config.blur.subframes)
+                    rgb = fuse_deblurred(rgb, image, depth, intr, twist, self._live_subframes(twist, intr))
                 return rgb, depth
 
         return FrameResult(
@@ -486,6 +486,12 @@ class Reconstructor:
         dt = max(stamp - stamp_prev, 1e-9)
         period = min(self._frame_interval or dt, dt)
         return initial_twist(pose_prev, pose, self.config.blur.exposure_ratio * period / dt)
+
+    def _live_subframes(self, twist: np.ndarray, intrinsics: Intrinsics) -> int:
+        """Sub-frames of a live frame's blur (``blur.subframes``, or from its twist's blur length)."""
+        b = self.config.blur
+        return exposure_subframes(b.subframes, [twist], intrinsics.fx, intrinsics.width, intrinsics.height,
+                                  self._scene_scale, b.subframe_spacing_px, b.max_subframes)
 
     def _settings(self, intrinsics: Intrinsics) -> RenderSettings:
         r = self.config.render
@@ -670,8 +676,8 @@ class Reconstructor:
         """Offline: jointly refine the map, poses and exposure twists over every tracked frame.
 
         Uses the frames kept with ``keep_frames=True`` (else only the keyframes), at most
-        ``mapping.final_max_views`` of them, for ``mapping.final_iters`` steps by default.
-        Deblurring benchmarks evaluate the deblurred training views this way.
+        ``mapping.final_max_views`` of them, for ``mapping.final_steps_per_view`` steps per view
+        (at most ``mapping.final_iters``) unless ``iterations`` is given. Deblurring benchmarks evaluate the deblurred training views this way.
         """
         iters = self.config.mapping.final_iters if iterations is None else iterations
         if not self.initialized or iters <= 0 or self.backend is None:
@@ -700,6 +706,8 @@ class Reconstructor:
             keep = np.unique(np.linspace(0, len(views) - 1, limit).round().astype(int))
             views = [views[i] for i in keep]
         frames = [v for _, v in views]
+        if iterations is None and self.config.mapping.final_steps_per_view > 0:
+            iters = min(iters, self.config.mapping.final_steps_per_view * len(frames))
         rounds = max(self.config.mapping.final_rounds, 1)
         stats = MappingStats()
         self._retrack_groups(frames)  # online group poses come from frame-to-frame flow: refit first
@@ -739,7 +747,7 @@ class Reconstructor:
             res = self.tracker.track(
                 image, view.image, view.intrinsics, view.numpy_pose(), view.twist().detach().numpy(), scene,
                 self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self._scene_scale,
-                blurred_subframes=self.backend.mapper.subframes() | 1,  # odd: a middle sub-frame at s = 0
+                blurred_subframes=self.backend.mapper.subframes(view) | 1,  # odd: a middle sub-frame at s = 0
             )
             if not res.lost and np.isfinite(res.pose).all():
                 view.pose = torch.from_numpy(res.pose.copy())
@@ -755,7 +763,6 @@ class Reconstructor:
         base = scene_tensors(self.backend.gmap, detach=True)
         present = sorted(int(g) for g in torch.unique(self.backend.gmap.group_ids).tolist() if g > 0)
         dyn = self.config.dynamic
-        subframes = self.backend.mapper.subframes() | 1
         ratio = self.config.blur.exposure_ratio
         for g in present:
             seen = [i for i, v in enumerate(views) if g in v.group_poses]
@@ -783,7 +790,7 @@ class Reconstructor:
                     track = track_group(
                         self.flow, (view.image.numpy() * 255 + 0.5).astype(np.uint8), view.intrinsics,
                         view.numpy_pose(), base, self._settings(view.intrinsics), g, pred, others,
-                        blur=(view.twist().detach().numpy(), twists, subframes),
+                        blur=(view.twist().detach().numpy(), twists, self.backend.mapper.subframes(view) | 1),
                         passes=self.config.tracking.flow_passes, huber_px=self.config.tracking.huber_px,
                     )
                     if track.ok and track.inlier_ratio >= dyn.min_group_inliers:

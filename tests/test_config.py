@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from posegs_ros.config import ConfigError, PosegsConfig, apply_flat, flatten, load_config, parameter_table
+from posegs_ros.config import (
+    ConfigError, PosegsConfig, apply_flat, flatten, load_config, parameter_table,
+)
 
 
 def test_defaults_and_overlay(tmp_path: Path) -> None:
@@ -39,6 +42,10 @@ def test_errors_are_clear(tmp_path: Path) -> None:
         load_config(f)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="subframes >= 0"):
+        load_config(overrides={"blur.subframes": -1})
+    with pytest.raises(ConfigError, match="subframe_spacing_px > 0"):
+        load_config(overrides={"blur.subframe_spacing_px": 0.0})
 
 
 def test_flat_round_trip_and_table() -> None:
@@ -55,3 +62,33 @@ def test_flat_round_trip_and_table() -> None:
 def test_repository_yaml_matches_defaults() -> None:
     path = Path(__file__).resolve().parents[1] / "config" / "posegs.yaml"
     assert flatten(load_config(path)) == flatten(PosegsConfig())
+
+
+def test_presets_differ_as_documented_and_explicit_settings_win(tmp_path: Path) -> None:
+    from posegs_ros.config import PRESETS, preset_config
+
+    assert set(PRESETS) == {"fast", "balanced", "best"} and PRESETS["balanced"] == {}
+    fast, balanced, best = (preset_config(n) for n in ("fast", "balanced", "best"))
+    assert balanced == dataclasses.replace(PosegsConfig(), preset="balanced")  # balanced = the defaults
+    # fewer final-refinement steps and sub-frames for fast, more of everything for best
+    per_view = [c.mapping.final_steps_per_view for c in (fast, balanced, best)]
+    caps = [c.mapping.final_iters for c in (fast, balanced, best)]
+    assert per_view == sorted(per_view) and len(set(per_view)) == 3
+    assert caps == sorted(caps) and len(set(caps)) == 3
+    assert fast.blur.max_subframes < balanced.blur.max_subframes < best.blur.max_subframes
+    assert best.blur.subframe_spacing_px < balanced.blur.subframe_spacing_px
+    # only the listed settings change; tracking is the same in every preset
+    for name, changes in PRESETS.items():
+        cfg = flatten(preset_config(name))
+        base = flatten(PosegsConfig())
+        assert {k for k in cfg if cfg[k] != base[k]} == set(changes) | ({"preset"} if name != "balanced" else set())
+        assert not any(k.startswith("tracking.") for k in changes)
+    # order: defaults < preset < file < --set
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: best\nmapping:\n  final_rounds: 2\n")
+    cfg = load_config(f, overrides={"mapping.final_iters": 7})
+    assert cfg.preset == "best" and cfg.mapping.final_rounds == 2 and cfg.mapping.final_iters == 7
+    assert cfg.mapping.final_steps_per_view == best.mapping.final_steps_per_view
+    assert load_config(f, overrides={"preset": "fast"}).mapping.final_steps_per_view == fast.mapping.final_steps_per_view
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(overrides={"preset": "turbo"})

@@ -21,7 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..scene.blur import RenderOutput, RenderSettings, SceneTensors, group_subset, move_groups, photometric_loss, render_exposure, render_views
+from ..scene.blur import (
+    RenderOutput, RenderSettings, SceneTensors, exposure_subframes, group_subset, move_groups, photometric_loss,
+    render_exposure, render_views,
+)
 from ..camera import unproject
 from ..config import PosegsConfig
 from ..scene.gaussians import GaussianMap
@@ -96,8 +99,15 @@ class Mapper:
             backend=r.backend,
         )
 
-    def subframes(self) -> int:
-        return self.cfg.blur.subframes if self.cfg.blur.enabled else 1
+    def subframes(self, kf: Keyframe) -> int:
+        """Sub-frames of ``kf``'s blurred prediction: ``blur.subframes``, or chosen from the blur
+        length of its exposure twists (the camera's and its motion groups') when that is 0."""
+        b = self.cfg.blur
+        if not b.enabled:
+            return 1
+        twists = [kf.twist().detach().numpy()] + [e.detach().numpy() for e in kf.group_twists.values()]
+        return exposure_subframes(b.subframes, twists, kf.intrinsics.fx, kf.intrinsics.width, kf.intrinsics.height,
+                                  self.scene_scale, b.subframe_spacing_px, b.max_subframes)
 
     # --------------------------------------------------------------- seeding
     @torch.no_grad()
@@ -151,7 +161,7 @@ class Mapper:
                 e = torch.zeros_like(e)
             groups[g] = (m, e) if pose_grad else (m.detach(), e.detach())
         k = kf.intrinsics.matrix(torch.float64)
-        return render_exposure(scene, pose, twist, k, self.render_settings(kf), self.subframes(), groups or None)
+        return render_exposure(scene, pose, twist, k, self.render_settings(kf), self.subframes(kf), groups or None)
 
     def _pose_optimizer(self, keyframes: list[Keyframe]) -> torch.optim.Adam | None:
         """Adam over the pose corrections, exposure twists and motion-group poses / twists."""

@@ -169,7 +169,8 @@ class ReconstructNode(Node):
             f"reconstructing from {self.resolve_topic_name(image_endpoint.name)} "
             f"({settings.image_transport}) + {self.resolve_topic_name(info_endpoint.name)}; "
             f"TF {settings.map_frame} -> {settings.camera_frame or '<image frame_id>'}; "
-            f"engine on {self.config.render.device}, blur subframes {self.config.blur.subframes}"
+            f"engine on {self.config.render.device}, preset {self.config.preset}, blur sub-frames "
+            f"{self.config.blur.subframes or 'auto'}"
         )
 
     def _declare_parameters(self) -> dict[str, Any]:

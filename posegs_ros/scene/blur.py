@@ -22,6 +22,9 @@ from ..render import rasterize
 
 __all__ = [
     "exposure_offsets",
+    "blur_length_px",
+    "subframes_for_blur",
+    "exposure_subframes",
     "exposure_poses",
     "SceneTensors",
     "RenderSettings",
@@ -42,6 +45,47 @@ def exposure_offsets(subframes: int, dtype: torch.dtype = torch.float32, device:
     if subframes == 1:
         return torch.zeros(1, dtype=dtype, device=device)
     return torch.linspace(-0.5, 0.5, subframes, dtype=dtype, device=device)
+
+
+def blur_length_px(twist: np.ndarray, fx: float, width: int, height: int, depth: float) -> float:
+    """Image path length (pixels) over the exposure of a typical scene point for the exposure
+    twist ``twist`` ``[6]`` = (rho, phi) in the camera frame, scene points at ``depth``.
+
+    Rotation about the optical axis and motion along it move points in proportion to their
+    distance from the image centre: they count at half the half-diagonal.
+    """
+    d = np.asarray(twist, np.float64).reshape(6)
+    if not np.isfinite(d).all():
+        return 0.0
+    z = max(float(depth), 1e-9)
+    radius = 0.25 * float(np.hypot(width, height))
+    rot = fx * float(np.hypot(d[3], d[4])) + radius * abs(float(d[5]))
+    trans = fx * float(np.hypot(d[0], d[1])) / z + radius * abs(float(d[2])) / z
+    return rot + trans
+
+
+def subframes_for_blur(length_px: float, spacing_px: float, max_subframes: int) -> int:
+    """Sub-frames that sample a streak of ``length_px`` pixels at most ``spacing_px`` apart: odd
+    (one at ``s = 0``), at least 3 (the exposure twist keeps a gradient), at most ``max_subframes``
+    (rounded down to odd)."""
+    if spacing_px <= 0:
+        raise ValueError(f"spacing_px must be > 0, got {spacing_px}")
+    top = max(3, max_subframes - (1 - max_subframes % 2))
+    n = int(np.ceil(max(float(length_px), 0.0) / spacing_px)) + 1
+    n += 1 - n % 2
+    return int(min(max(n, 3), top))
+
+
+def exposure_subframes(
+    fixed: int, twists: list[np.ndarray], fx: float, width: int, height: int, depth: float, spacing_px: float,
+    max_subframes: int,
+) -> int:
+    """``fixed`` when > 0, else :func:`subframes_for_blur` of the longest streak among the
+    exposure twists ``twists`` (each ``[6]``: the camera's, and a moving object's)."""
+    if fixed > 0:
+        return int(fixed)
+    length = max((blur_length_px(t, fx, width, height, depth) for t in twists), default=0.0)
+    return subframes_for_blur(length, spacing_px, max_subframes)
 
 
 def exposure_poses(pose: Tensor, twist: Tensor, offsets: Tensor) -> Tensor:

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         "frames_per_second": n / seconds,
         "keyframes": keyframes,
         "gaussians": engine.num_gaussians,
-        "subframes": cfg.blur.subframes if cfg.blur.enabled else 1,
+        "subframes": (cfg.blur.subframes or "auto") if cfg.blur.enabled else 1,
         "seconds_per_frame": {k: float(np.mean(v)) for k, v in stages.items()},
         "share_of_total": {k: float(np.sum(v) / max(np.sum(stages["total"]), 1e-9)) for k, v in stages.items() if k != "total"},
         "peak_rss_mb": peak_mb,

@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"the default configuration on the suite's sequences ({', '.join(SUITE)}) and their "
                         "sharp-camera twins instead of the variants")
     parser.add_argument("--sequences", default=",".join(SUITE), help="with --suite: comma-separated subset")
+    parser.add_argument("--no-ceiling", action="store_true", help="with --suite: skip the sharp twins (no ceiling column)")
     add_config_arguments(parser, " for every variant")
     parser.add_argument("--work", type=Path, default=None, help="keep sequences and outputs here (default: temporary)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
@@ -140,7 +141,7 @@ def run_suite(args: argparse.Namespace) -> int:
             synth = SynthConfig(**{"seed": args.seed, "frames": args.frames, **SUITE[name]})
             slug = name.replace(" ", "_")
             runs = {}
-            for twin in (False, True):
+            for twin in (False,) if args.no_ceiling else (False, True):
                 seq_dir = work / f"{slug}{'_sharp' if twin else ''}"
                 if not (seq_dir / "meta.json").exists():
                     seq = generate(dataclasses.replace(synth, exposure=0.0) if twin else synth)
@@ -149,7 +150,7 @@ def run_suite(args: argparse.Namespace) -> int:
                 runs[twin] = replay(seq_dir / "bag", work / f"run_{slug}{'_sharp' if twin else ''}", cfg, force=True,
                                     progress=False)
             blur = json.loads((work / slug / "meta.json").read_text()).get("blur_px_mean", float("nan"))
-            rows.append(_suite_row(name, runs[False], runs[True], blur_px=blur))
+            rows.append(_suite_row(name, runs[False], runs.get(True), blur_px=blur))
             print(format_suite_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(format_suite_table(rows))
@@ -158,7 +159,7 @@ def run_suite(args: argparse.Namespace) -> int:
     return 0
 
 
-def _suite_row(name: str, blurred: Any, sharp: Any, blur_px: float) -> dict[str, Any]:
+def _suite_row(name: str, blurred: Any, sharp: Any | None, blur_px: float) -> dict[str, Any]:
     row = _row(name, blurred)
     ev = blurred.evaluation
     summary = blurred.metrics["summary"]
@@ -166,9 +167,9 @@ def _suite_row(name: str, blurred: Any, sharp: Any, blur_px: float) -> dict[str,
         "sequence": name,
         "blur_px": blur_px,
         "ssim_input": ev.input.ssim_mean,
-        "psnr_ceiling": sharp.evaluation.deblurred.psnr_mean,
-        "ssim_ceiling": sharp.evaluation.deblurred.ssim_mean,
-        "ate_sharp_cm": 100 * sharp.evaluation.trajectory.ate_rmse_sim3,
+        "psnr_ceiling": sharp.evaluation.deblurred.psnr_mean if sharp is not None else float("nan"),
+        "ssim_ceiling": sharp.evaluation.deblurred.ssim_mean if sharp is not None else float("nan"),
+        "ate_sharp_cm": 100 * sharp.evaluation.trajectory.ate_rmse_sim3 if sharp is not None else float("nan"),
         "seconds": summary["seconds"] + summary["final_refinement_seconds"] + summary.get("final_render_seconds", 0.0),
         "seconds_per_frame": (summary["seconds"] + summary["final_refinement_seconds"]
                               + summary.get("final_render_seconds", 0.0)) / max(summary["frames_processed"], 1),
@@ -177,16 +178,21 @@ def _suite_row(name: str, blurred: Any, sharp: Any, blur_px: float) -> dict[str,
 
 
 def format_suite_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of suite rows."""
+    """Markdown table of suite rows ("-" for the ceiling columns of a run without sharp twin)."""
+    import math
+
+    def num(value: float, fmt: str) -> str:
+        return "-" if not math.isfinite(value) else format(value, fmt)
+
     head = ("| sequence | blur (px) | PSNR deblurred / input / ceiling (dB) | gain | to ceiling | SSIM deblurred / "
             "input / ceiling | ATE final / online (cm) | Gaussians | s / frame |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         lines.append(
             f"| {r['sequence']} | {r['blur_px']:.1f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} / "
-            f"{r['psnr_ceiling']:.2f} | {r['psnr_deblurred'] - r['psnr_input']:+.2f} | "
-            f"{r['psnr_deblurred'] - r['psnr_ceiling']:+.2f} | {r['ssim_deblurred']:.3f} / {r['ssim_input']:.3f} / "
-            f"{r['ssim_ceiling']:.3f} | {r['ate_cm']:.2f} / {r['ate_online_cm']:.2f} | {r['gaussians']} | "
-            f"{r['seconds_per_frame']:.2f} |"
+            f"{num(r['psnr_ceiling'], '.2f')} | {r['psnr_deblurred'] - r['psnr_input']:+.2f} | "
+            f"{num(r['psnr_deblurred'] - r['psnr_ceiling'], '+.2f')} | {r['ssim_deblurred']:.3f} / "
+            f"{r['ssim_input']:.3f} / {num(r['ssim_ceiling'], '.3f')} | {r['ate_cm']:.2f} / {r['ate_online_cm']:.2f} | "
+            f"{r['gaussians']} | {r['seconds_per_frame']:.2f} |"
         )
     return "\n".join(lines)

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..scene.blur import RenderOutput, RenderSettings, SceneTensors, photometric_loss, render_exposure, render_views
+from ..scene.blur import (
+    RenderOutput, RenderSettings, SceneTensors, exposure_subframes, photometric_loss, render_exposure, render_views,
+)
 from ..camera import Intrinsics
 from ..config import PosegsConfig
 from .flow import DenseFlow, bilinear_sample, image_gradients, to_gray
@@ -300,7 +302,9 @@ class Tracker:
         """
         t = self.cfg.tracking
         blur_on = self.cfg.blur.enabled
-        subframes = self.cfg.blur.subframes if blur_on else 1
+        b = self.cfg.blur
+        subframes = exposure_subframes(b.subframes, [twist], intrinsics.fx, intrinsics.width, intrinsics.height,
+                                       scene_scale, b.subframe_spacing_px, b.max_subframes) if blur_on else 1
         base = torch.from_numpy(pose)
         unit = twist_units(scene_scale)
         u_delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)

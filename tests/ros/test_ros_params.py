@@ -120,3 +120,22 @@ def test_cli_prints_both_files(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out == parameter_file_text()
     assert main(["markdown"]) == 0
     assert capsys.readouterr().out == markdown_parameter_table()
+
+
+def test_preset_parameter_sets_the_defaults_of_the_others() -> None:
+    from posegs_ros.config import preset_config
+
+    best = preset_config("best")
+    specs = {s.name: s.default for s in parameter_specs("best")}
+    assert specs["preset"] == "best" and specs["mapping.final_steps_per_view"] == best.mapping.final_steps_per_view
+    assert {s.name: s.default for s in parameter_specs()}["mapping.final_steps_per_view"] == \
+        PosegsConfig().mapping.final_steps_per_view
+    # the node passes every declared value: the preset's defaults, one explicitly set parameter
+    values = {**specs, "mapping.final_rounds": 2}
+    config, _ = settings_from_parameters(values)
+    assert config.preset == "best" and config.mapping.final_rounds == 2
+    assert config.blur.max_subframes == best.blur.max_subframes
+    config, _ = settings_from_parameters({"preset": "fast"})
+    assert config.mapping.final_steps_per_view == preset_config("fast").mapping.final_steps_per_view
+    with pytest.raises(ConfigError, match="unknown preset"):
+        settings_from_parameters({"preset": "turbo"})

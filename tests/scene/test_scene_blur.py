@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from posegs_ros.scene.blur import (
     RenderSettings,
     SceneTensors,
+    blur_length_px,
     exposure_offsets,
+    exposure_subframes,
     exposure_poses,
     photometric_loss,
     render_exposure,
     render_views,
     ssim,
+    subframes_for_blur,
 )
 from posegs_ros.camera import Intrinsics
 from posegs_ros.scene.gaussians import rgb_to_sh0
@@ -175,3 +179,64 @@ def test_camera_gradients_come_from_static_gaussians_only() -> None:
     assert torch.allclose(images[0], images[1], atol=1e-6)
     assert grads[1].abs().max() > 1.0  # without it the object pulls the camera
     assert grads[0].abs().max() < 1e-3 * grads[1].abs().max()
+
+
+def _streak_px(twist: np.ndarray, point: np.ndarray) -> float:
+    """Pixel distance between the projections of ``point`` (camera frame at s = 0) at the
+    exposure's start and end, through the real exposure poses."""
+    k = INTR.matrix(torch.float64).numpy()
+    ends = exposure_poses(torch.eye(4, dtype=torch.float64), torch.from_numpy(twist), torch.tensor([-0.5, 0.5], dtype=torch.float64))
+    pix = []
+    for pose in ends.numpy():
+        cam = pose[:3, :3].T @ (point - pose[:3, 3])
+        uvw = k @ cam
+        pix.append(uvw[:2] / uvw[2])
+    return float(np.linalg.norm(pix[1] - pix[0]))
+
+
+@pytest.mark.parametrize("twist", [
+    np.array([0.06, 0.0, 0.0, 0.0, 0.0, 0.0]),  # sideways translation
+    np.array([0.0, 0.0, 0.0, 0.0, 0.05, 0.0]),  # pan
+    np.array([0.0, 0.0, 0.0, 0.08, 0.0, 0.0]),  # tilt
+])
+def test_blur_length_is_the_projected_streak_at_the_image_centre(twist: np.ndarray) -> None:
+    depth = 2.0
+    centre = np.array([0.0, 0.0, depth])  # principal point ~ image centre
+    expected = _streak_px(twist, centre)
+    assert expected > 2.0
+    assert blur_length_px(twist, INTR.fx, INTR.width, INTR.height, depth) == pytest.approx(expected, rel=0.03)
+
+
+def test_roll_and_forward_motion_count_away_from_the_centre() -> None:
+    roll = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.1])
+    length = blur_length_px(roll, INTR.fx, INTR.width, INTR.height, 2.0)
+    # a point at half the half-diagonal from the centre streaks by radius x angle
+    radius = 0.25 * math.hypot(INTR.width, INTR.height)
+    point = np.array([radius / INTR.fx * 2.0, 0.0, 2.0])
+    assert length == pytest.approx(_streak_px(roll, point), rel=0.05)
+    assert blur_length_px(np.zeros(6), INTR.fx, INTR.width, INTR.height, 2.0) == 0.0
+    assert blur_length_px(np.full(6, np.nan), INTR.fx, INTR.width, INTR.height, 2.0) == 0.0
+
+
+def test_subframes_sample_the_streak_densely_enough() -> None:
+    spacing = 1.5
+    for length in [0.0, 0.5, 2.9, 4.9, 9.0, 12.0]:
+        n = subframes_for_blur(length, spacing, 15)
+        assert n % 2 == 1 and n >= 3
+        assert length / (n - 1) <= spacing + 1e-9  # no gap between sub-frames wider than the spacing
+        if n > 3:
+            assert length / (n - 3) > spacing  # and no more sub-frames than that needs
+    assert subframes_for_blur(9.0, spacing, 15) == 7  # a 9 px streak: 7 sub-frames, not 5
+    assert subframes_for_blur(100.0, spacing, 9) == 9  # capped
+    assert subframes_for_blur(100.0, spacing, 8) == 7  # the cap rounds down to odd
+    with pytest.raises(ValueError):
+        subframes_for_blur(1.0, 0.0, 9)
+
+
+def test_fixed_subframes_win_over_the_blur_length() -> None:
+    pan = np.array([0.0, 0.0, 0.0, 0.0, 0.1, 0.0])  # 8 px at fx 80
+    assert exposure_subframes(5, [pan], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 5
+    assert exposure_subframes(0, [pan], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 7
+    # the longest streak decides: a fast object's twist next to a still camera
+    assert exposure_subframes(0, [np.zeros(6), pan], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 7
+    assert exposure_subframes(0, [np.zeros(6)], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 3

@@ -62,6 +62,9 @@ def test_quality_suite_sequences_and_table() -> None:
            "ssim_deblurred": 0.9, "ssim_input": 0.7, "ssim_ceiling": 0.93, "ate_cm": 0.2, "ate_online_cm": 0.5,
            "gaussians": 80000, "seconds_per_frame": 1.4}
     assert "| fine texture | 5.6 | 27.50 / 22.00 / 29.00 | +5.50 | -1.50 |" in bench_quality.format_suite_table([row])
+    no_twin = {**row, "psnr_ceiling": float("nan"), "ssim_ceiling": float("nan")}
+    assert "| 27.50 / 22.00 / - | +5.50 | - | 0.900 / 0.700 / - |" in bench_quality.format_suite_table([no_twin])
+    assert _parse(bench_quality, "--suite", "--no-ceiling").no_ceiling
 
 
 def test_presets_are_offered_by_every_bench_and_override_order() -> None:
