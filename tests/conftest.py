@@ -38,3 +38,9 @@ def fast_config() -> PosegsConfig:
 @pytest.fixture(scope="module")
 def fast_config_module() -> PosegsConfig:
     return apply_flat(PosegsConfig(), FAST_ENGINE)
+
+
+@pytest.fixture
+def fast_engine_overrides() -> dict:
+    """:data:`FAST_ENGINE` as dotted overrides (for CLI ``--set`` tests)."""
+    return dict(FAST_ENGINE)

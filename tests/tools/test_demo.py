@@ -8,19 +8,21 @@ from pathlib import Path
 import pytest
 
 from posegs_ros.tools.cli import main
-from conftest import FAST_ENGINE
 
 
-def _sets() -> list[str]:
+def _sets(overrides: dict) -> list[str]:
     args = []
-    for name, value in FAST_ENGINE.items():
+    for name, value in overrides.items():
         args += ["--set", f"{name}={value}"]
     return args
 
 
-def test_demo_synthesizes_reconstructs_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_synthesizes_reconstructs_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fast_engine_overrides: dict
+) -> None:
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--frames", "16", "--size", "128x96", "--preset", "fast", *_sets()])
+    code = main(["demo", "--out", str(out), "--frames", "16", "--size", "128x96", "--preset", "fast",
+                 *_sets(fast_engine_overrides)])
     text = capsys.readouterr().out
     assert code == 0, text
     for step in ("[1/3]", "[2/3]", "[3/3]", "deblurring gain", "ATE RMSE"):
@@ -29,7 +31,7 @@ def test_demo_synthesizes_reconstructs_and_reports(tmp_path: Path, capsys: pytes
     assert "posegs demo --preset best" in text  # what to try next
     metrics = json.loads((out / "replay" / "metrics.json").read_text())
     assert metrics["config"]["preset"] == "fast"
-    assert metrics["config"]["mapping"]["final_iters"] == FAST_ENGINE["mapping.final_iters"]  # --set wins
+    assert metrics["config"]["mapping"]["final_iters"] == fast_engine_overrides["mapping.final_iters"]  # --set wins
     assert metrics["summary"]["frames_with_pose"] == 16
     # a second run refuses to overwrite without --force
     assert main(["demo", "--out", str(out), "--frames", "16", "--size", "128x96"]) == 2
