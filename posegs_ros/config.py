@@ -69,6 +69,9 @@ class InitConfig:
     min_parallax_px: float = _f(8.0, "median translational parallax (flow minus rotation) needed to initialize (pixels)")
     min_inliers: int = _f(300, "essential-matrix inliers needed to accept an initialization")
     max_frames: int = _f(30, "frames to wait for parallax before re-selecting the first init frame")
+    backfill_frames: int = _f(300, "frames that left the initialization buffer and are posed once the map exists "
+                              "(tracked backward from the first keyframe); older ones stay without a pose, counted "
+                              "(bounds the images held while waiting)")
     baseline: float = _f(0.1, "length given to the first baseline (map units): fixes the arbitrary monocular scale")
     seed_points: int = _f(8000, "Gaussians seeded from triangulated + interpolated depth")
     mapping_rounds: int = _f(2, "mapping rounds (three stages each) on the two initial keyframes")
@@ -87,6 +90,8 @@ class TrackingConfig:
                           "large after dropped frames or a jerk, small in steady tracking")
     gn_iterations: int = _f(4, "Gauss-Newton iterations on reprojection + photometric residuals")
     huber_px: float = _f(1.5, "Huber threshold of reprojection residuals (pixels)")
+    match_brightness: bool = _f(True, "scale the render's grey level to the frame's (ratio of their means over the "
+                                "pixels the map covers) before flow: auto-exposure changes do not disturb the flow")
     photometric_weight: float = _f(0.01, "weight of photometric residuals relative to geometric ones")
     sample_stride: int = _f(4, "use every n-th pixel (in x and y) for Gauss-Newton (at full resolution)")
     render_scale: float = _f(1.0, "tracking renders, flows and solves at this fraction of the image size "
@@ -127,6 +132,9 @@ class MappingConfig:
     lr_quats: float = _f(1.0e-3, "Adam learning rate of rotations")
     lr_pose: float = _f(1.0e-3, "Adam learning rate of keyframe pose corrections")
     lr_exposure: float = _f(1.0e-3, "Adam learning rate of exposure twists")
+    affine_exposure: bool = _f(True, "optimize each keyframe's affine exposure (log gain, bias) with its pose, so a "
+                               "camera's auto-exposure does not become geometry or colour")
+    lr_affine: float = _f(5.0e-3, "Adam learning rate of the affine exposures")
     ssim_weight: float = _f(0.2, "lambda in (1 - lambda) L1 + lambda (1 - SSIM)")
     densify_alpha: float = _f(0.5, "add Gaussians where the rendered opacity is below this")
     densify_error: float = _f(0.15, "add Gaussians where the L1 error is above this")

@@ -19,6 +19,7 @@ Flow of one frame (DESIGN.md, "The method in one page"):
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 import math
@@ -47,7 +48,9 @@ from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe
 from .scene.snapshot import MapEdit, MapSnapshot, MapStore
 from .tracking.flow import DenseFlow
 from .tracking.initialization import TwoViewResult, grid_samples, try_two_view
-from .tracking.tracker import Tracker, TrackingResult, initial_twist, predict_constant_velocity, twist_units
+from .tracking.tracker import (
+    Tracker, TrackingResult, initial_twist, interpolate_pose, predict_constant_velocity, twist_units,
+)
 
 __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
 
@@ -99,6 +102,7 @@ class TrajectoryPoint:
     is_keyframe: bool
     group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [4, 4] M_g at this frame
     dynamic_mask: np.ndarray | None = None  # [H, W] bool, moving objects detected in this frame
+    exposure: np.ndarray = field(default_factory=lambda: np.zeros(2))  # [2] affine exposure (log gain, bias)
 
 
 @dataclass
@@ -155,6 +159,7 @@ class _FrameRecord:
     absolute: np.ndarray | None = None  # [4, 4] frozen pose (after a re-initialization)
     is_keyframe: bool = False
     twist: np.ndarray = field(default_factory=lambda: np.zeros(6))
+    exposure: np.ndarray = field(default_factory=lambda: np.zeros(2))  # [2] affine exposure (log gain, bias)
     image: np.ndarray | None = field(default=None, repr=False)  # [H, W, 3] uint8, kept for finalize()
     group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [4, 4] M_g at this frame
     group_twists: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [6]
@@ -169,6 +174,8 @@ class EngineCounters:
     relocalizations: int = 0
     reinitializations: int = 0
     rejected_frames: int = 0
+    unposed_frames: int = 0  # waited too long for initialization (beyond init.backfill_frames)
+    recovered_frames: int = 0  # lost online, posed by finalize() against the final map
     groups_spawned: int = 0
     groups_merged: int = 0
 
@@ -216,6 +223,7 @@ class Reconstructor:
         (a mapping round in flight is stopped first)."""
         self._new_map()
         self._records = []
+        self._map_first_record = 0
         self.counters = EngineCounters()
         self._last_stamp: float | None = None
 
@@ -237,7 +245,9 @@ class Reconstructor:
         self.store.clear()
         self.backend = MappingBackend(cfg, self.store, concurrent=self.concurrent, threads=self._mapping_threads)
         self.initialized = False
+        self._map_first_record = max(len(getattr(self, "_records", [])) - 1, 0)  # the frame that starts this map
         self._init_buffer: list[tuple[Frame, int]] = []  # (frame, record index)
+        self._preinit: deque[tuple[Frame, int]] = deque()  # frames that left the buffer, posed after initialization
         self._history: list[_FrameRecord] = []  # the last tracked frames (constant-velocity prediction)
         self._lost_run = 0
         self._intrinsics: Intrinsics | None = None
@@ -300,6 +310,7 @@ class Reconstructor:
             result = self._initialize_step(frame)
         else:
             result = self._track_step(frame)
+        late += self._take_late_poses()
         result.timings.total = time.perf_counter() - t_start
         result.late = [self._point(self._records[i], self.store.latest(), online=True) for i in late]
         return result
@@ -329,10 +340,10 @@ class Reconstructor:
         render = None
         groups = {g: m.copy() for g, m in record.group_poses.items()}
         if self.initialized and record.state is not TrackingState.INITIALIZING:
-            intr, image, twist = frame.intrinsics, frame.image, record.twist.copy()
+            intr, image, twist, exposure = frame.intrinsics, frame.image, record.twist.copy(), record.exposure.copy()
 
             def render() -> tuple[np.ndarray, np.ndarray]:  # deferred: the newest map, when asked
-                rgb, depth = self.render(pose, intr, groups)
+                rgb, depth = self.render(pose, intr, groups, exposure)
                 if self.config.blur.live_output == "fused":
                     rgb = fuse_deblurred(rgb, image, depth, intr, twist, self._live_subframes(twist, intr))
                 return rgb, depth
@@ -369,8 +380,12 @@ class Reconstructor:
         if two_view is None:
             log.debug("frame %d: no initialization yet (%s)", frame.index, reason)
             if len(self._init_buffer) > self.config.init.max_frames:
-                _, dropped = self._init_buffer.pop(0)
-                log.info("initialization: frame %d left the buffer without a pose", self._records[dropped].index)
+                self._preinit.append(self._init_buffer.pop(0))  # posed backward once the map exists
+                if len(self._preinit) > self.config.init.backfill_frames:
+                    _, dropped = self._preinit.popleft()
+                    self.counters.unposed_frames += 1
+                    log.info("initialization: frame %d will get no pose (init.backfill_frames = %d waiting)",
+                             self._records[dropped].index, self.config.init.backfill_frames)
             return self._result(frame, record, timings)
         t0 = time.perf_counter()
         self._build_initial_map(two_view)
@@ -383,6 +398,7 @@ class Reconstructor:
         self._track_buffered()
         timings.tracking = time.perf_counter() - t0
         self._init_buffer = []
+        self._preinit = deque()
         return self._result(frame, record, timings)
 
     def _build_initial_map(self, two_view: TwoViewResult) -> None:
@@ -397,6 +413,8 @@ class Reconstructor:
         twist = initial_twist(np.eye(4), pose_b, ratio)
         kf0 = self._make_keyframe(first, np.eye(4), twist, fixed=True)
         kf1 = self._make_keyframe(second, pose_b, twist)
+        if cfg.mapping.affine_exposure:  # the second view's exposure relative to the first's (the map's gauge)
+            kf1.exposure[0] = math.log(max(float(second.image.mean()), 1.0) / max(float(first.image.mean()), 1.0))
         h, w = first.image.shape[:2]
         stride = max(1.0, math.sqrt(h * w / max(cfg.init.seed_points, 1)))
         pixels = grid_samples(w, h, stride=max(int(round(stride)), 1), border=0)
@@ -415,33 +433,43 @@ class Reconstructor:
         self.counters.keyframes += 2
 
     def _track_buffered(self) -> None:
-        """Pose the frames buffered between the two initialization frames, retroactively.
+        """Pose the frames that waited for initialization, retroactively: those between the two
+        initialization frames forward from the first keyframe, those before it (they left the
+        initialization buffer) backward from it, each walk predicting with constant velocity.
 
         A mapping job (after the initial rounds, against the refined map): inline it runs now,
         concurrently the live frames are not kept waiting. Results reach the frames' records
         through :meth:`_take_late_poses`."""
         between = [(frame, rec_index) for frame, rec_index in self._init_buffer[1:-1]]
-        if not between:
+        before = list(reversed(self._preinit))  # newest first: walking back in time
+        if not between and not before:
             return
         assert self.backend is not None
         tracker = Tracker(self.config, DenseFlow(self.config.tracking.flow, self.config.tracking.flow_preset))
-        first_stamp = self._keyframe_stamps[0]
+        first_stamp, second_stamp = self._keyframe_stamps[0], self._keyframe_stamps[1]
         late = self._late_poses
+
+        def walk(history: list[tuple[float, np.ndarray]], frames: list[tuple[Frame, int]], twist: np.ndarray,
+                 snap: MapSnapshot) -> list[tuple[float, np.ndarray]]:
+            for frame, rec_index in frames:
+                pred = self._predict(history, frame.stamp)
+                res = tracker.track(frame.image, None, frame.intrinsics, pred, twist, snap.scene,
+                                    self._settings(frame.intrinsics), refine=False, scene_scale=self._scene_scale)
+                (t_a, p_a), (t_b, p_b) = sorted([history[-1], (frame.stamp, res.pose)], key=lambda item: item[0])
+                late.append((rec_index, res.pose, self._motion_twist(t_a, p_a, t_b, p_b), res.lost))
+                if not res.lost:
+                    history.append((frame.stamp, res.pose))
+            return history
 
         def job() -> None:
             snap = self._snapshot()
-            history = [(first_stamp, snap.keyframe_poses[0])]
-            for frame, rec_index in between:
-                pred = self._predict(history, frame.stamp)
-                res = tracker.track(frame.image, None, frame.intrinsics, pred, snap.keyframe_twists[1], snap.scene,
-                                    self._settings(frame.intrinsics), refine=False, scene_scale=self._scene_scale)
-                twist = self._motion_twist(history[-1][0], history[-1][1], frame.stamp, res.pose)
-                late.append((rec_index, res.pose, twist, res.lost))
-                if not res.lost:
-                    history.append((frame.stamp, res.pose))
+            twist = snap.keyframe_twists[1]
+            forward = walk([(first_stamp, snap.keyframe_poses[0])], between, twist, snap)
+            if before:  # velocity from the nearest posed frame after the first keyframe
+                after = forward[1] if len(forward) > 1 else (second_stamp, snap.keyframe_poses[1])
+                walk([after, (first_stamp, snap.keyframe_poses[0])], before, twist, snap)
 
-        self.backend.submit(job)
-        self._take_late_poses()
+        self.backend.submit(job)  # inline: done now, its poses reported with this frame's result
 
     def _take_late_poses(self) -> list[int]:
         """Store the poses the mapping thread found for buffered frames; returns their record indices."""
@@ -544,7 +572,8 @@ class Reconstructor:
             self._lost_run = 0
         if not res.twist_refined:  # the exposure twist of an ordinary frame comes from its motion
             res.twist = self._motion_twist(last_stamp, last_pose, frame.stamp, res.pose)
-        record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy())
+        record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy(),
+                              exposure=np.array([math.log(res.brightness[0]), res.brightness[1]]))
         record.image = frame.image if self.keep_frames else None
         self._records.append(record)
         if self.motion is not None and state is not TrackingState.LOST:
@@ -565,6 +594,7 @@ class Reconstructor:
             snap = self._snapshot()
             record.online_pose = self._keyframe_pose(kf_id, snap).copy()  # inline: refined by its round
             record.twist = snap.keyframe_twists.get(kf_id, record.twist).copy()
+            record.exposure = snap.keyframe_exposures.get(kf_id, record.exposure).copy()
             self._store_pose(record, record.online_pose, state, kf_id)
             log.debug("frame %d: keyframe %d (%s)", frame.index, kf_id, decision.reason)
         else:
@@ -657,6 +687,7 @@ class Reconstructor:
             fixed=fixed,
             unit=unit,
             dynamic_mask=None if mask is None else torch.from_numpy(mask),
+            exposure=torch.from_numpy(record.exposure.copy()) if record is not None and not fixed else torch.zeros(2, dtype=torch.float64),
             group_poses={g: torch.from_numpy(m.copy()) for g, m in groups.items()},
             group_twists={g: torch.from_numpy(group_twists.get(g, np.zeros(6)).copy()) for g in groups},
         )
@@ -680,13 +711,16 @@ class Reconstructor:
         (at most ``mapping.final_iters``) unless ``iterations`` is given. Deblurring benchmarks evaluate the deblurred training views this way.
         """
         iters = self.config.mapping.final_iters if iterations is None else iterations
-        if not self.initialized or iters <= 0 or self.backend is None:
+        if not self.initialized or self.backend is None:
             return MappingStats()
         backend = self.backend
         if backend.concurrent:  # the rest runs here, on the map the mapping thread leaves behind
             backend.wait_idle()
             backend.stop()
         self._take_late_poses()
+        self._recover_lost()
+        if iters <= 0:
+            return MappingStats()
         snap = backend.publish()
         by_frame = {kf.frame_index: kf for kf in backend.keyframes}
         views: list[tuple[_FrameRecord | None, Keyframe]] = []
@@ -725,6 +759,7 @@ class Reconstructor:
             if rec is not None:  # a non-keyframe view: its own refined pose from now on
                 rec.absolute, rec.reference, rec.relative = view.numpy_pose(), None, None
                 rec.twist = view.twist().detach().numpy()
+                rec.exposure = view.exposure.detach().numpy().copy()
             rec = records.get(view.frame_index) if rec is None else rec
             if rec is not None:
                 rec.group_poses = {g: m.detach().numpy().copy() for g, m in view.group_poses.items()}
@@ -733,6 +768,42 @@ class Reconstructor:
                     rec.dynamic_mask = view.dynamic_mask.numpy().copy()
         backend.publish()
         return stats
+
+    def _recover_lost(self) -> None:
+        """Offline: track the frames tracking lost online (their pose is only a prediction) once
+        more, against the final map, from the pose interpolated between their posed neighbours,
+        then from each neighbour's; a frame that holds is posed (``recovered_frames``), the rest
+        keep the prediction and their LOST state. Needs the images (``keep_frames``); frames of
+        an earlier map (before a re-initialization) are left alone."""
+        records = self._records[self._map_first_record:]
+        posed = [i for i, r in enumerate(records) if r.state in (TrackingState.TRACKING, TrackingState.RELOCALIZED)]
+        lost = [i for i, r in enumerate(records) if r.state is TrackingState.LOST and r.image is not None]
+        if not posed or not lost or self._intrinsics is None:
+            return
+        snap = self.store.latest()
+        for i in lost:
+            rec = records[i]
+            k = bisect.bisect_left(posed, i)
+            neighbours = [records[posed[j]] for j in (k - 1, k) if 0 <= j < len(posed)]
+            candidates = [self._final_pose(n, snap) for n in neighbours]
+            if len(neighbours) == 2:
+                (a, b), (pa, pb) = neighbours, candidates
+                candidates.insert(0, interpolate_pose(pa, pb, (rec.stamp - a.stamp) / max(b.stamp - a.stamp, 1e-9)))
+            exclude = (exclusion_margin(rec.dynamic_mask) if rec.dynamic_mask is not None
+                       else np.zeros(rec.image.shape[:2], bool))
+            frame = Frame(rec.image, rec.stamp, self._intrinsics, rec.index)
+            for pred in candidates:
+                res = self._track(frame, pred, rec.twist, snap, exclude=exclude)
+                if not res.lost and np.isfinite(res.pose).all():
+                    published = rec.online_pose  # online it stays what was published
+                    self._store_pose(rec, res.pose, TrackingState.TRACKING, self._nearest_keyframe(rec.stamp))
+                    rec.online_pose = published
+                    rec.exposure = np.array([math.log(res.brightness[0]), res.brightness[1]])
+                    self.counters.recovered_frames += 1
+                    posed.insert(bisect.bisect_left(posed, i), i)
+                    break
+        log.info("offline: %d of %d frames lost online were tracked against the final map",
+                 self.counters.recovered_frames, len(lost))
 
     def _retrack(self, views: list[Keyframe]) -> None:
         """JOGS's pose step against the refined map: flow-lifted Gauss-Newton for every view's
@@ -838,12 +909,18 @@ class Reconstructor:
             return {g: m.detach().numpy().copy() for g, m in poses.items()}
         return {g: m.copy() for g, m in rec.group_poses.items()}
 
+    def _final_exposure(self, rec: _FrameRecord, snap: MapSnapshot | None) -> np.ndarray:
+        """Affine exposure ``[2]`` of a frame: a keyframe's as mapping refined it, else its own."""
+        if rec.is_keyframe and rec.reference is not None and snap is not None:
+            return snap.keyframe_exposures.get(rec.reference, rec.exposure).copy()
+        return rec.exposure.copy()
+
     def _point(self, rec: _FrameRecord, snap: MapSnapshot | None, online: bool) -> TrajectoryPoint:
         if online:
             return TrajectoryPoint(rec.index, rec.stamp, rec.online_pose.copy(), rec.state, rec.is_keyframe,
-                                   dict(rec.group_poses), rec.dynamic_mask)
+                                   dict(rec.group_poses), rec.dynamic_mask, rec.exposure.copy())
         return TrajectoryPoint(rec.index, rec.stamp, self._final_pose(rec, snap), rec.state, rec.is_keyframe,
-                               self._final_group_poses(rec), rec.dynamic_mask)
+                               self._final_group_poses(rec), rec.dynamic_mask, self._final_exposure(rec, snap))
 
     def trajectory(self) -> list[TrajectoryPoint]:
         """Latest pose estimate of every frame that has one (keyframe-relative poses follow
@@ -862,16 +939,22 @@ class Reconstructor:
 
     @torch.no_grad()
     def render(
-        self, pose: np.ndarray, intrinsics: Intrinsics, group_poses: dict[int, np.ndarray] | None = None
+        self, pose: np.ndarray, intrinsics: Intrinsics, group_poses: dict[int, np.ndarray] | None = None,
+        exposure: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sharp render of the newest map: RGB ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (NaN = empty).
 
         ``group_poses``: where each motion group is (group -> ``[4, 4]``); groups not given are
-        not rendered. Safe from any thread (it renders a snapshot).
+        not rendered. ``exposure``: ``[2]`` (log gain, bias) of the frame to render as its camera
+        recorded it (``TrajectoryPoint.exposure``); default the map's own brightness. Safe from
+        any thread (it renders a snapshot).
         """
         scene = move_groups(self._snapshot().scene, {g: torch.from_numpy(m) for g, m in (group_poses or {}).items()})
         out = render_views(scene, torch.from_numpy(pose)[None], intrinsics.matrix(torch.float64), self._settings(intrinsics))
-        rgb = (out.rgb[0].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+        rgb = out.rgb[0]
+        if exposure is not None and np.isfinite(exposure).all():
+            rgb = rgb * math.exp(float(exposure[0])) + float(exposure[1])
+        rgb = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
         depth = out.depth[0, ..., 0].cpu().numpy().astype(np.float32)
         depth[out.alpha[0, ..., 0].cpu().numpy() < 0.5] = np.nan
         return rgb, depth

@@ -4,6 +4,7 @@ keyframes, outputs, bad input, determinism."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -171,3 +172,102 @@ def test_after_a_long_gap_an_unrelated_view_reinitializes_at_once(small_sequence
     result = engine.process(Frame(noise, seq.frames[-1].stamp + gap, seq.intrinsics, 99))
     assert result.state is TrackingState.LOST
     assert engine.counters.reinitializations == 1 and not engine.initialized  # not max_lost_frames later
+
+
+def test_frames_that_left_the_initialization_buffer_are_posed_backward(small_sequence, fast_config) -> None:
+    """The camera stands still, then moves: initialization waits for parallax longer than
+    init.max_frames, and the frames that left its buffer are tracked backward from the first
+    keyframe once the map exists; the still frames land where the first moving one is."""
+    seq = small_sequence
+    dt = seq.frames[1].stamp - seq.frames[0].stamp
+    still = [Frame(seq.frames[0].blurred, seq.frames[0].stamp - (6 - i) * dt, seq.intrinsics, i) for i in range(6)]
+    frames = still + [Frame(f.blurred, f.stamp, seq.intrinsics, 6 + f.index) for f in seq.frames]
+    cfg = dataclasses.replace(fast_config, init=dataclasses.replace(fast_config.init, max_frames=10, min_parallax_px=3.0))
+    engine = Reconstructor(cfg)
+    results = [engine.process(f) for f in frames]
+    traj = engine.trajectory()
+    first_kf = min(p.index for p in traj if p.is_keyframe)
+    assert first_kf > 6, "initialization did not have to drop frames from its buffer"
+    assert [p.index for p in traj] == list(range(len(frames))) and engine.counters.unposed_frames == 0
+    late = {p.index for r in results for p in r.late}
+    assert set(range(first_kf)) <= late  # reported with later results, as the node publishes them
+    position = {p.index: p.pose[:3, 3] for p in traj}
+    step = np.linalg.norm(position[7] - position[6])
+    away = [np.linalg.norm(position[i] - position[6]) / step for i in range(6)]
+    # a constant-velocity walk without tracking would be 1..6 steps away; tracking holds them still
+    # (within this tiny configuration's tracking noise of about one step)
+    assert max(away) < 2.5 and away[0] < 3.0, away
+
+
+def test_backfill_cap_counts_the_frames_left_without_pose(small_sequence, fast_config) -> None:
+    cfg = dataclasses.replace(fast_config, init=dataclasses.replace(
+        fast_config.init, max_frames=8, min_parallax_px=3.0, backfill_frames=1))
+    engine, _ = run(small_sequence, cfg)
+    traj = engine.trajectory()
+    first_kf = min(p.index for p in traj if p.is_keyframe)
+    unposed = engine.counters.unposed_frames
+    assert unposed == first_kf - 1 > 0  # the one frame nearest the first keyframe is posed, older ones not
+    assert [p.index for p in traj] == list(range(unposed, len(small_sequence.frames)))
+    assert engine.stats()["unposed_frames"] == unposed
+
+
+def test_frames_lost_online_are_tracked_again_offline(small_sequence, fast_config, monkeypatch) -> None:
+    """A frame tracking lost online keeps its prediction online; finalize() tracks it against the
+    final map from its neighbours' poses and it joins the trajectory as a tracked frame."""
+    engine = Reconstructor(fast_config, keep_frames=True)
+    track = engine._track
+    flaky = {20, 21}  # tracked frames (initialization takes the first ~19)
+
+    def sometimes_lost(frame, pred, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        res = track(frame, pred, *args, **kwargs)
+        if frame.index in flaky and not getattr(engine, "_finalizing", False):
+            return dataclasses.replace(res, lost=True, pose=pred, reason="test: flaky frame")
+        return res
+
+    monkeypatch.setattr(engine, "_track", sometimes_lost)
+    results = [engine.process(Frame(f.blurred, f.stamp, small_sequence.intrinsics, f.index)) for f in small_sequence.frames]
+    assert [results[i].state for i in sorted(flaky)] == [TrackingState.LOST] * 2
+    online = {p.index: p.pose for p in engine.online_trajectory()}
+    engine._finalizing = True
+    engine.finalize(iterations=0)
+    assert engine.counters.recovered_frames == 2
+    traj = {p.index: p for p in engine.trajectory()}
+    assert all(traj[i].state is TrackingState.TRACKING for i in flaky)
+    for i in flaky:  # online, what was published stays; offline, the pose moved off the prediction
+        np.testing.assert_array_equal({p.index: p.pose for p in engine.online_trajectory()}[i], online[i])
+    neighbours = [traj[i].pose[:3, 3] for i in (19, 22)]
+    for i in flaky:  # between its neighbours, not at the constant-velocity guess of a lost run
+        step = np.linalg.norm(neighbours[1] - neighbours[0])
+        assert np.linalg.norm(traj[i].pose[:3, 3] - (neighbours[0] + neighbours[1]) / 2) < step
+
+
+def test_auto_exposure_changes_track_as_well_as_the_original(small_sequence, fast_config) -> None:
+    """A copy of the sequence whose brightness swings by +-25 % (an auto-exposure camera) tracks
+    about as well as the original: the render is scaled to each frame's brightness before flow
+    and keyframes carry an affine exposure, recovered close to the one applied."""
+    import torch
+
+    from posegs_ros.geometry import umeyama
+
+    seq = small_sequence
+    gains = [1.0 + 0.25 * np.sin(i / 4.0) for i in range(len(seq.frames))]
+
+    def ate(images):
+        engine = Reconstructor(fast_config, keep_frames=True)
+        for f, image in zip(seq.frames, images):
+            engine.process(Frame(image, f.stamp, seq.intrinsics, f.index))
+        engine.finalize(iterations=60)
+        traj = engine.trajectory()
+        est = torch.tensor(np.array([p.pose[:3, 3] for p in traj]))
+        gt = torch.tensor(np.array([seq.frames[p.index].pose[:3, 3] for p in traj]))
+        sim = umeyama(est, gt)
+        return float(((sim.apply(est) - gt) ** 2).sum(1).mean().sqrt()), traj
+
+    original, _ = ate([f.blurred for f in seq.frames])
+    changed = [np.clip(f.blurred * g, 0, 255).astype(np.uint8) for f, g in zip(seq.frames, gains)]
+    bright, traj = ate(changed)
+    assert bright < 1.5 * original + 1e-3, (bright, original)
+    first = next(p.index for p in traj if p.is_keyframe)
+    for p in traj:  # keyframes (and tracked frames) know their exposure relative to the first keyframe
+        if p.is_keyframe and p.index != first:
+            assert math.exp(p.exposure[0]) == pytest.approx(gains[p.index] / gains[first], rel=0.06)

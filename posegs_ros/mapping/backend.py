@@ -87,6 +87,7 @@ class MappingBackend:
         self.stats = BackendStats()
         self._poses: dict[int, np.ndarray] = {}  # published keyframe poses [4, 4]
         self._twists: dict[int, np.ndarray] = {}
+        self._exposures: dict[int, np.ndarray] = {}  # [2] affine exposure of each keyframe
         self._moving: set[int] = set()  # keyframes whose pose the running round optimizes
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[Keyframe | Callable[[], Any]] = deque()
@@ -191,12 +192,13 @@ class MappingBackend:
             with torch.no_grad():
                 self._poses[i] = kf.current_pose().detach().cpu().numpy().astype(np.float64)
                 self._twists[i] = kf.twist().detach().cpu().numpy().astype(np.float64)
+                self._exposures[i] = kf.exposure.detach().cpu().numpy().astype(np.float64)
         if not self.in_round.is_set():
             self._moving = set()  # folded and captured: their poses change only in a later round
         self.stats.steps = self.mapper.steps
         snap = MapSnapshot.capture(
             self.gmap, self._poses, self._twists, self.store.next_version(), self.window, self.mapper.scene_scale,
-            self.stats.rounds, stats=dataclasses.asdict(self.stats),
+            self.stats.rounds, stats=dataclasses.asdict(self.stats), keyframe_exposures=self._exposures,
         )
         self.store.publish(snap)
         return snap

@@ -142,7 +142,7 @@ class Mapper:
         h, w = kf.image.shape[:2]
         ui = uv[:, 0].round().long().clamp(0, w - 1)
         vi = uv[:, 1].round().long().clamp(0, h - 1)
-        rgb = kf.image[vi, ui].double()
+        rgb = kf.radiance(kf.image[vi, ui].double()).clamp(0.0, 1.0)
         scale = z / kf.intrinsics.fx * stride * 0.5
         return self.gmap.add(world.float(), rgb.float(), scale.float(), opacities=opacity, group_ids=group_id)
 
@@ -164,7 +164,7 @@ class Mapper:
         return render_exposure(scene, pose, twist, k, self.render_settings(kf), self.subframes(kf), groups or None)
 
     def _pose_optimizer(self, keyframes: list[Keyframe]) -> torch.optim.Adam | None:
-        """Adam over the pose corrections, exposure twists and motion-group poses / twists."""
+        """Adam over the pose corrections, exposure twists, affine exposures and motion-group poses / twists."""
         params = []
         m = self.cfg.mapping
         for kf in keyframes:
@@ -172,6 +172,9 @@ class Mapper:
                 continue
             kf.delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
             params.append({"params": [kf.delta], "lr": m.lr_pose})
+            if m.affine_exposure:
+                kf.exposure = kf.exposure.detach().clone().requires_grad_(True)
+                params.append({"params": [kf.exposure], "lr": m.lr_affine})
             if self.cfg.blur.enabled:
                 kf.twist_u = kf.twist_u.detach().clone().requires_grad_(True)
                 params.append({"params": [kf.twist_u], "lr": m.lr_exposure})
@@ -305,6 +308,7 @@ class Mapper:
             pose_opt.zero_grad(set_to_none=True)
         scene = scene_tensors(self.gmap, detach=not gaussians)
         pred, _ = self._render_keyframe(kf, scene, pose_grad=pose)
+        pred = kf.observed(pred)
         mask = None if kf.dynamic_mask is None or kf.group_poses else ~kf.dynamic_mask
         loss = photometric_loss(pred, kf.image, self.cfg.mapping.ssim_weight, mask)
         if not torch.isfinite(loss):
@@ -356,7 +360,7 @@ class Mapper:
         out = self.render_sharp(kf)
         alpha = out.alpha[0, ..., 0].numpy()
         depth = out.depth[0, ..., 0].numpy()
-        err = (out.rgb[0] - kf.image).abs().mean(-1).numpy()
+        err = (kf.observed(out.rgb[0]) - kf.image).abs().mean(-1).numpy()
         h, w = alpha.shape
         offset = int(self.rng.integers(stride))
         vs, us = np.mgrid[offset:h:stride, offset:w:stride]

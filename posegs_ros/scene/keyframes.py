@@ -1,6 +1,7 @@
 """Keyframes and the sliding-window policy (pure functions, MonoGS's habit).
 
-A keyframe stores its (blurred) observation, its mid-exposure pose and exposure twist.  Poses
+A keyframe stores its (blurred) observation, its mid-exposure pose, exposure twist and affine
+exposure (gain and bias of the camera's auto-exposure relative to the map).  Poses
 are optimized as small body-frame corrections ``pose @ exp(delta)`` that are folded back into
 ``pose`` after each mapping round.
 """
@@ -37,6 +38,9 @@ class Keyframe:
     group_deltas: dict[int, Tensor] = field(default_factory=dict)  # group -> [6] pending correction
     delta: Tensor = field(default_factory=lambda: torch.zeros(6, dtype=torch.float64))  # [6] pending correction
     unit: Tensor = field(default_factory=lambda: torch.ones(6, dtype=torch.float64))  # [6] units of delta
+    # [2] affine exposure (log gain a, bias b): the camera recorded exp(a) * radiance + b (auto-exposure,
+    # white level); zero = the map's own brightness (the gauge keyframe keeps it)
+    exposure: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
 
     def current_pose(self) -> Tensor:
         """``pose @ exp(delta * unit)`` ``[4, 4]`` (differentiable in ``delta``)."""
@@ -52,6 +56,16 @@ class Keyframe:
         """Exposure twist ``[6]`` in map units (differentiable in ``twist_u``)."""
         return self.twist_u * self.unit
 
+    def observed(self, rgb: Tensor) -> Tensor:
+        """Map radiance ``[..., 3]`` as this keyframe's camera recorded it (differentiable in ``exposure``)."""
+        gain, bias = torch.exp(self.exposure[0]), self.exposure[1]
+        return rgb * gain.to(rgb.dtype) + bias.to(rgb.dtype)
+
+    def radiance(self, rgb: Tensor) -> Tensor:
+        """Recorded colours ``[..., 3]`` back in the map's brightness (inverse of :meth:`observed`)."""
+        gain, bias = torch.exp(self.exposure[0].detach()), self.exposure[1].detach()
+        return (rgb - bias.to(rgb.dtype)) / gain.to(rgb.dtype)
+
     def fold(self) -> None:
         """Fold the optimized correction into ``pose`` and reset it."""
         with torch.no_grad():
@@ -60,6 +74,7 @@ class Keyframe:
                 self.pose = new_pose
         self.delta = torch.zeros(6, dtype=torch.float64)
         self.twist_u = self.twist_u.detach()
+        self.exposure = self.exposure.detach()
         with torch.no_grad():
             for g in list(self.group_deltas):
                 if g in self.group_poses:

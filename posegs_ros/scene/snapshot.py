@@ -39,6 +39,7 @@ class MapSnapshot:
     keyframe_poses: Mapping[int, np.ndarray]  # keyframe id -> [4, 4] camera-to-map (current estimate)
     keyframe_twists: Mapping[int, np.ndarray]  # keyframe id -> [6] exposure twist (map units)
     window: tuple[int, ...] = ()  # keyframe ids in the optimization window, oldest first
+    keyframe_exposures: Mapping[int, np.ndarray] = field(default_factory=dict)  # keyframe id -> [2] (log gain, bias)
     scene_scale: float = 1.0  # median scene depth at initialization (map units)
     mapping_rounds: int = 0  # window rounds completed so far
     stats: Mapping[str, float] = field(default_factory=dict)  # the mapping back end's counters
@@ -62,8 +63,10 @@ class MapSnapshot:
         scene_scale: float = 1.0,
         mapping_rounds: int = 0,
         stats: Mapping[str, float] | None = None,
+        keyframe_exposures: Mapping[int, np.ndarray] | None = None,
     ) -> MapSnapshot:
-        """Copy ``gmap`` (the caller holds it still for the copy) and the given poses ``[4, 4]`` / twists ``[6]``."""
+        """Copy ``gmap`` (the caller holds it still for the copy) and the given poses ``[4, 4]`` /
+        twists ``[6]`` / affine exposures ``[2]``."""
         with torch.no_grad():
             state = gmap.state_dict()  # detached clones
             scene = SceneTensors(
@@ -81,6 +84,7 @@ class MapSnapshot:
             keyframe_poses={k: np.array(v, dtype=np.float64) for k, v in keyframe_poses.items()},
             keyframe_twists={k: np.array(v, dtype=np.float64) for k, v in keyframe_twists.items()},
             window=tuple(window),
+            keyframe_exposures={k: np.array(v, dtype=np.float64) for k, v in (keyframe_exposures or {}).items()},
             scene_scale=float(scene_scale),
             mapping_rounds=int(mapping_rounds),
             stats=dict(stats or {}),

@@ -10,8 +10,8 @@ Layouts (detected from the folder's content):
   ``freiburg1`` / ``freiburg2`` / ``freiburg3`` (or ``fr1`` ...) in the folder name
   (:data:`TUM_CAMERAS`: fr1 and fr2 carry plumb_bob distortion, fr3 is already undistorted).
 - **7-Scenes** (``frame-XXXXXX.color.png|jpg`` + ``frame-XXXXXX.pose.txt`` 4x4 camera-to-world,
-  one ``seq-NN`` folder): stamps ``start + i / fps``; intrinsics ``--camera`` or
-  fx = fy = 585, cx = 320, cy = 240.
+  one ``seq-NN`` folder): stamps ``start + i / fps``; intrinsics ``--camera``, else the folder's
+  ``camera-intrinsics.txt`` (3x3 matrix, 640x480), else fx = fy = 585, cx = 320, cy = 240.
 
 Output in OUT (as ``posegs synth``): ``bag/`` with ``/camera/image_raw`` (rgb8),
 ``/camera/camera_info`` (with every image), ``/ground_truth/pose`` (PoseStamped, ``map``);
@@ -228,7 +228,23 @@ def read_seven_scenes(root: Path, fps: float = 30.0, start_time: float = 0.0) ->
                 raise ValueError(f"{pose_file}: expected a 4x4 matrix of finite numbers")
             pose = values.reshape(4, 4)
         frames.append(DatasetFrame(start_time + i / fps, path, pose))
-    return Dataset("7scenes", root, frames, SEVEN_SCENES_CAMERA, {"stamps": f"synthesized at {fps} Hz"})
+    camera, notes = SEVEN_SCENES_CAMERA, {"stamps": f"synthesized at {fps} Hz"}
+    intrinsics_file = root / "camera-intrinsics.txt"
+    if intrinsics_file.exists():
+        camera = _read_intrinsics_matrix(intrinsics_file)
+        notes["camera"] = intrinsics_file.name
+    return Dataset("7scenes", root, frames, camera, notes)
+
+
+def _read_intrinsics_matrix(path: Path) -> CameraSpec:
+    """A 3x3 pinhole matrix ``K`` written as text (as 7-Scenes copies carry) for 640x480 images."""
+    values = np.array(path.read_text(encoding="utf-8").split(), dtype=np.float64)
+    if values.size != 9 or not np.all(np.isfinite(values)):
+        raise ValueError(f"{path}: expected a 3x3 intrinsics matrix of finite numbers")
+    k = values.reshape(3, 3)
+    if k[0, 0] <= 0 or k[1, 1] <= 0 or not np.allclose(k[2], (0.0, 0.0, 1.0)):
+        raise ValueError(f"{path}: not a pinhole matrix [[fx 0 cx] [0 fy cy] [0 0 1]]")
+    return CameraSpec(float(k[0, 0]), float(k[1, 1]), float(k[0, 2]), float(k[1, 2]), 640, 480)
 
 
 def read_dataset(root: str | Path, tolerance: float = 0.02, fps: float = 30.0) -> Dataset:
@@ -296,6 +312,7 @@ def convert(
     camera: str | CameraSpec | None = None,
     resize: tuple[int, int] | None = None,
     max_frames: int | None = None,
+    first_frame: int = 0,
     storage: str = "mcap",
     tolerance: float = 0.02,
     fps: float = 30.0,
@@ -304,6 +321,7 @@ def convert(
     """Convert a dataset folder into ``out`` (bag + gt.tum + meta.json).
 
     ``camera`` is a :class:`CameraSpec` or the ``--camera`` string (for the image size on disk).
+    ``first_frame`` skips that many images (a window of a long sequence: stamps stay the source's).
 
     Raises:
         ValueError: unknown layout, no calibration, unreadable images or poses.
@@ -324,9 +342,11 @@ def convert(
     )
 
     dataset = read_dataset(source, tolerance, fps)
-    frames = dataset.frames[: max_frames if max_frames else None]
+    if first_frame < 0:
+        raise ValueError(f"first frame must be >= 0, got {first_frame}")
+    frames = dataset.frames[first_frame: first_frame + max_frames if max_frames else None]
     if not frames:
-        raise ValueError(f"{dataset.root} holds no images")
+        raise ValueError(f"{dataset.root} holds no images" + (f" from image {first_frame} on" if first_frame else ""))
     first = _load_rgb(frames[0].image_path)
     height, width = first.shape[:2]
     if isinstance(camera, str):
@@ -388,7 +408,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "from the folder name, 7-Scenes 585,585,320,240)")
     parser.add_argument("--resize", type=parse_size, default=None, metavar="WxH",
                         help="resize images, intrinsics scaled to match")
-    parser.add_argument("--max-frames", type=int, default=None, help="convert only the first N images")
+    parser.add_argument("--max-frames", type=int, default=None, help="convert only N images")
+    parser.add_argument("--first-frame", type=int, default=0, metavar="N",
+                        help="skip the first N images (a window of a long sequence)")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage plugin")
     parser.add_argument("--gt-tolerance", type=float, default=0.02,
                         help="TUM: max. seconds between an image and its ground truth")
@@ -401,6 +423,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = convert(args.source, args.out, camera=args.camera, resize=args.resize, max_frames=args.max_frames,
+                         first_frame=args.first_frame,
                          storage=args.storage, tolerance=args.gt_tolerance, fps=args.fps, force=args.force)
     except (ValueError, FileNotFoundError, FileExistsError, BagError) as err:
         log.error("%s", err)

@@ -129,6 +129,7 @@ class EvalResult:
     trajectory: TrajectoryMetrics | None = None
     deblurred: ImageMetrics | None = None  # estimated (deblurred) images vs GT
     input: ImageMetrics | None = None  # input (blurred) images vs GT
+    vs_input: ImageMetrics | None = None  # estimated images vs the input images (fit to the observations)
     masks: MaskMetrics | None = None
     paths: dict[str, str | None] = field(default_factory=dict)
 
@@ -144,7 +145,7 @@ class EvalResult:
                 "ate_se3": self.trajectory.ate_errors_se3,
             }
         per_frame: dict[str, dict[str, Any]] = {}
-        for key, metrics in (("deblurred", self.deblurred), ("input", self.input)):
+        for key, metrics in (("deblurred", self.deblurred), ("input", self.input), ("vs_input", self.vs_input)):
             if metrics is not None:
                 out[key] = metrics.summary()
                 for name, values in metrics.per_frame().items():
@@ -356,8 +357,10 @@ def evaluate(
         raise ValueError("trajectory evaluation needs both --gt and --est")
     if gt_tum is not None and est_tum is not None:
         result.trajectory = evaluate_trajectory(read_tum(gt_tum), read_tum(est_tum), max_diff)
-    if (gt_images or input_images or est_images) and not gt_images:
-        raise ValueError("image metrics need --gt-images")
+    if est_images and input_images:  # also without sharp GT (real cameras): how well renders explain the input
+        result.vs_input = evaluate_images(input_images, est_images)
+    if (gt_images or est_images) and not (gt_images or input_images):
+        raise ValueError("image metrics need --gt-images or --input-images")
     if gt_images and est_images:
         result.deblurred = evaluate_images(gt_images, est_images)
     if gt_images and input_images:
@@ -389,7 +392,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-diff", type=float, default=0.01, help="timestamp association tolerance (s)")
     parser.add_argument("--gt-images", type=Path, help="folder of sharp GT images (NNNN.png)")
     parser.add_argument("--est-images", type=Path, help="folder of estimated (deblurred) images, same names")
-    parser.add_argument("--input-images", type=Path, help="folder of input (blurred) images, same names")
+    parser.add_argument("--input-images", type=Path,
+                        help="folder of input (blurred) images, same names (vs GT, and the estimate vs them)")
     parser.add_argument("--gt-masks", type=Path, help="folder of GT dynamic-object masks")
     parser.add_argument("--est-masks", type=Path, help="folder of estimated masks, same names")
     parser.add_argument("--out", type=Path, help="write eval.json + report (index.html, PNGs) here")
@@ -407,6 +411,9 @@ def summary_text(result: EvalResult) -> str:
         if metrics is not None:
             lines.append(f"{label} vs GT: {len(metrics.names)} images | PSNR {metrics.psnr_mean:.2f} dB | "
                          f"SSIM {metrics.ssim_mean:.4f}")
+    if result.vs_input is not None:
+        lines.append(f"renders vs input: {len(result.vs_input.names)} images | PSNR {result.vs_input.psnr_mean:.2f} dB | "
+                     f"SSIM {result.vs_input.ssim_mean:.4f}")
     if result.deblurred is not None and result.input is not None:
         lines.append(f"deblurring gain: {result.deblurred.psnr_mean - result.input.psnr_mean:+.2f} dB PSNR")
     if result.masks is not None:
@@ -418,8 +425,8 @@ def summary_text(result: EvalResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not any([args.gt, args.est, args.gt_images, args.gt_masks]):
-        log.error("nothing to evaluate: give --gt/--est and/or --gt-images with --est-images/--input-images")
+    if not any([args.gt, args.est, args.gt_images, args.gt_masks, args.input_images and args.est_images]):
+        log.error("nothing to evaluate: give --gt/--est and/or --gt-images or --input-images with --est-images")
         return 2
     try:
         result = evaluate(args.gt, args.est, gt_images=args.gt_images, est_images=args.est_images,

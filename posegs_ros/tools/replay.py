@@ -148,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
     summary = result.metrics["summary"]
     print(f"processed {summary['frames_processed']} frames in {result.seconds:.1f} s "
           f"({summary['fps']:.2f} frames/s); {summary['keyframes']} keyframes, {summary['gaussians']} Gaussians")
+    states = summary.get("frames_by_state", {})
+    if states.get("lost") or states.get("no pose"):
+        print(f"frames without a tracked pose: {states.get('lost', 0)} lost (predicted pose only), "
+              f"{states.get('no pose', 0)} without any pose (see metrics.json)")
     if args.realtime:
         live = result.metrics["realtime"]
         lat = live["tracking_latency_ms"]
@@ -271,7 +275,7 @@ def replay(
             write_tum(staging / "trajectory_online.tum", np.array([p.stamp for p in online]), np.array([p.pose for p in online]).reshape(-1, 4, 4))
             t0 = time.perf_counter()
             for point in traj:
-                rgb, _ = engine.render(point.pose, intrinsics_by_index[point.index], point.group_poses)
+                rgb, _ = engine.render(point.pose, intrinsics_by_index[point.index], point.group_poses, point.exposure)
                 atomic_write_image(staging / "deblurred" / f"{point.index:04d}.png", rgb)
                 if cfg.dynamic.enabled:
                     mask = point.dynamic_mask if point.dynamic_mask is not None else np.zeros(rgb.shape[:2], bool)
@@ -287,6 +291,12 @@ def replay(
                     "images_in_bag": total,
                     "frames_processed": processed,
                     "frames_with_pose": len(traj),
+                    # final state of each frame: lost = only a predicted pose (tracking failed online and
+                    # again against the final map); no pose = waited too long for initialization
+                    "frames_by_state": {
+                        **{state: sum(p.state.value == state for p in traj) for state in ("tracking", "relocalized", "lost")},
+                        "no pose": processed - len(traj),
+                    },
                     "frames_skipped": len(skipped),
                     "keyframes": engine.num_keyframes,
                     "gaussians": engine.num_gaussians,
@@ -332,27 +342,29 @@ def _evaluate(bag: Any, staging: Path, gt: Path | None, image_topic: str, traj: 
         log.info("no ground truth (no %s in the bag, no --gt): skipping evaluation", GT_POSE_TOPIC)
         return None
     write_tum(gt_dir / "gt.tum", gt_traj.stamps, gt_traj.poses)
-    gt_images = input_images = None
+    # the inputs (named by the image's index in the bag): renders are compared with them, and with
+    # the sharp GT frames when the bag has them (synthetic sequences)
+    index_of_stamp: dict[int, int] = {}
+    gt_images, input_images = None, gt_dir / "input"
+    for i, item in enumerate(bag.messages([image_topic])):
+        index_of_stamp[stamp_to_nanoseconds(item.msg.header.stamp)] = i
+        try:
+            atomic_write_image(input_images / f"{i:04d}.png", image_to_rgb(item.msg))
+        except Exception as err:  # an unusable input image simply has no thumbnail
+            log.debug("input image %d not written: %s", i, err)
     if GT_SHARP_TOPIC in bag.topics:
-        # sharp GT frames and the (blurred) inputs, named by the image's index in the bag
-        index_of_stamp: dict[int, int] = {}
-        gt_images, input_images = gt_dir / "sharp", gt_dir / "input"
-        for i, item in enumerate(bag.messages([image_topic])):
-            stamp = stamp_to_nanoseconds(item.msg.header.stamp)
-            index_of_stamp[stamp] = i
-            try:
-                atomic_write_image(input_images / f"{i:04d}.png", image_to_rgb(item.msg))
-            except Exception as err:  # an unusable input image simply has no thumbnail
-                log.debug("input image %d not written: %s", i, err)
+        gt_images = gt_dir / "sharp"
         for item in bag.messages([GT_SHARP_TOPIC]):
             idx = index_of_stamp.get(stamp_to_nanoseconds(item.msg.header.stamp))
             if idx is not None:
                 atomic_write_image(gt_images / f"{idx:04d}.png", image_to_rgb(item.msg))
+    if not input_images.is_dir():
+        input_images = None
     deblurred = staging / "deblurred"
     has_renders = deblurred.is_dir() and any(deblurred.iterdir())
     result = ev.evaluate(
         gt_dir / "gt.tum", staging / "trajectory.tum",
-        gt_images=gt_images, est_images=deblurred if gt_images and has_renders else None, input_images=input_images,
+        gt_images=gt_images, est_images=deblurred if has_renders else None, input_images=input_images,
     )
     ev.write_report(result, staging / "report")
     summary = result.to_dict()

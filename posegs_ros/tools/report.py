@@ -75,7 +75,7 @@ def plot_trajectory(result: Any, path: Path) -> Path:
 
 def plot_errors(result: Any, path: Path) -> Path:
     """ATE over time (and per-frame PSNR when image metrics exist)."""
-    has_images = result.deblurred is not None or result.input is not None
+    has_images = result.deblurred is not None or result.input is not None or result.vs_input is not None
     rows = int(result.trajectory is not None) + int(has_images)
     fig, axes = _figure(rows, 1, (7.5, 2.8 * rows))
     row = 0
@@ -95,13 +95,14 @@ def plot_errors(result: Any, path: Path) -> Path:
     if has_images:
         ax = axes[row, 0]
         for label, metrics, color in (("deblurred", result.deblurred, "tab:green"),
-                                      ("input", result.input, "tab:gray")):
+                                      ("input", result.input, "tab:gray"),
+                                      ("render vs input", None if result.deblurred else result.vs_input, "tab:purple")):
             if metrics is None:
                 continue
             values = [min(v, 100.0) for v in metrics.psnr]
             ax.plot(range(len(values)), values, ".-", color=color, label=f"{label}: mean {metrics.psnr_mean:.2f} dB")
         ax.set_xlabel("frame (matched images, sorted by name)")
-        ax.set_ylabel("PSNR vs GT (dB)")
+        ax.set_ylabel("PSNR vs GT (dB)" if result.deblurred or result.input else "PSNR (dB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -109,7 +110,7 @@ def plot_errors(result: Any, path: Path) -> Path:
 
 
 def _strip_names(result: Any, count: int) -> list[str]:
-    metrics = result.deblurred or result.input
+    metrics = result.deblurred or result.input or result.vs_input
     if metrics is None:
         return []
     names = metrics.names
@@ -125,7 +126,7 @@ def plot_strip(result: Any, path: Path, count: int = 5) -> Path | None:
     paths = result.paths
     rows = [(label, folder, metrics) for label, folder, metrics in (
         ("input", paths.get("input_images"), result.input),
-        ("deblurred", paths.get("est_images"), result.deblurred),
+        ("deblurred", paths.get("est_images"), result.deblurred or result.vs_input),
         ("ground truth", paths.get("gt_images"), None),
     ) if folder]
     if not names or len(rows) < 2:
@@ -177,7 +178,8 @@ def render_html(result: Any, figures: list[str]) -> str:
             ("RPE translation (1 frame)", f"{_fmt(t.rpe_trans_rmse * 100, 2)} cm"),
             ("RPE rotation (1 frame)", f"{_fmt(t.rpe_rot_rmse_deg, 3)} deg"),
         ]
-    for label, metrics in (("deblurred vs GT", result.deblurred), ("input vs GT", result.input)):
+    for label, metrics in (("deblurred vs GT", result.deblurred), ("input vs GT", result.input),
+                           ("render vs input", result.vs_input)):
         if metrics is not None:
             rows.append((f"{label}: PSNR / SSIM",
                          f"{_fmt(metrics.psnr_mean, 2)} dB / {_fmt(metrics.ssim_mean, 4)} ({len(metrics.names)} "
@@ -232,7 +234,8 @@ def write_report(result: Any, out_dir: str | Path, strip_frames: int = 5) -> Pat
     figures: list[str] = []
     if result.trajectory is not None:
         figures.append(plot_trajectory(result, out / "trajectory.png").name)
-    if result.trajectory is not None or result.deblurred is not None or result.input is not None:
+    if result.trajectory is not None or result.deblurred is not None or result.input is not None \
+            or result.vs_input is not None:
         figures.append(plot_errors(result, out / "errors.png").name)
     strip = plot_strip(result, out / "strip.png", strip_frames)
     if strip is not None:

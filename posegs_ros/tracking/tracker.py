@@ -52,6 +52,13 @@ def predict_constant_velocity(previous: np.ndarray, before_previous: np.ndarray 
     return previous @ _pose_kernels.se3_exp(xi)
 
 
+def interpolate_pose(start: np.ndarray, end: np.ndarray, weight: float) -> np.ndarray:
+    """Pose ``[4, 4]`` a fraction ``weight`` in [0, 1] along the constant twist from ``start`` to ``end``."""
+    rel = np.linalg.inv(start) @ end
+    xi = _pose_kernels.se3_log(np.ascontiguousarray(rel, dtype=np.float64)) * float(np.clip(weight, 0.0, 1.0))
+    return start @ _pose_kernels.se3_exp(xi)
+
+
 def initial_twist(previous: np.ndarray, current: np.ndarray, exposure_ratio: float) -> np.ndarray:
     """Exposure twist ``[6]`` guess: the inter-frame motion times exposure / frame interval.
 
@@ -77,12 +84,33 @@ class TrackingResult:
     reason: str = ""
     twist_refined: bool = False  # the blur-aware refinement set ``twist`` (else it is ``twist_init``)
     passes: int = 0  # render -> flow -> solve passes run
+    brightness: tuple[float, float] = (1.0, 0.0)  # (gain, bias in [0, 1] units): frame ~ gain * render + bias
 
 
 def _render_gray(rgb: np.ndarray) -> np.ndarray:
     """``[H, W]`` uint8 grey of a render ``[H, W, 3]`` float in [0, 1] (one conversion, one rounding)."""
     gray = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2GRAY)
     return np.clip(gray * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+
+
+def match_brightness(
+    ref_gray: np.ndarray, obs_gray: np.ndarray, covered: np.ndarray, stride: int = 4
+) -> tuple[np.ndarray, float]:
+    """The render's grey ``[H, W]`` uint8 brought to the frame's brightness by one gain: the ratio
+    of the frame's to the render's mean grey over the ``covered`` ``[H, W]`` bool pixels (means,
+    so neither a pose still off by a few pixels nor a render softer than the frame biases it),
+    clipped to [0.5, 2]. Returns the adjusted grey and the gain; fewer than 100 covered samples
+    or a black render: unchanged."""
+    pick = covered[::stride, ::stride]
+    ref = ref_gray[::stride, ::stride][pick]
+    if ref.size < 100:
+        return ref_gray, 1.0
+    ref_mean = float(ref.mean())
+    if ref_mean < 1.0:
+        return ref_gray, 1.0
+    gain = float(np.clip(float(obs_gray[::stride, ::stride][pick].mean()) / ref_mean, 0.5, 2.0))
+    adjusted = np.clip(ref_gray.astype(np.float32) * gain + 0.5, 0.0, 255.0).astype(np.uint8)
+    return adjusted, gain
 
 
 def _median_flow_px(flow: np.ndarray, alpha: np.ndarray, stride: int = 4) -> float:
@@ -162,6 +190,7 @@ class Tracker:
         obs_gray = to_gray(image)  # once per frame: the flow's destination and the photometric term's image
         obs = _Observation(obs_gray, t.photometric_weight > 0)
         pose_pass = pose_pred
+        brightness = (1.0, 0.0)
         solved: PoseSolveResult | None = None
         first: tuple[RenderOutput, float, np.ndarray] | None = None
         passes = 0
@@ -181,6 +210,12 @@ class Tracker:
             ref_gray = _render_gray(out.rgb[0].numpy())
             depth = out.depth[0, ..., 0].numpy()
             alpha = out.alpha[0, ..., 0].numpy()
+            if t.match_brightness:
+                covered = alpha > COVERED_ALPHA
+                if exclude is not None:
+                    covered &= ~exclude
+                ref_gray, gain = match_brightness(ref_gray, obs_gray, covered)
+                brightness = (gain, 0.0)
             t0 = time.perf_counter()
             flow = (self._scaled_flow if scale != 1.0 else self.flow)(ref_gray, obs_gray)
             timings["flow"] += time.perf_counter() - t0
@@ -234,6 +269,7 @@ class Tracker:
             reason=reason,
             twist_refined=refined,
             passes=passes,
+            brightness=brightness,
         )
 
     def _gauss_newton(

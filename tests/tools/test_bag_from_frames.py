@@ -136,3 +136,22 @@ def test_cli(tmp_path: Path) -> None:
     assert bff.run(args) == 0
     assert bff.run(args) == 2  # output not empty
     assert bff.run(parser.parse_args([str(tmp_path / "nothing"), str(tmp_path / "o")])) == 2
+
+
+def test_seven_scenes_window_and_intrinsics_file(tmp_path: Path) -> None:
+    source = _seven_scenes_folder(tmp_path / "seq-03", frames=6)
+    (source / "camera-intrinsics.txt").write_text("580 0 318\n0 581 241\n0 0 1\n")
+    result = bff.convert(source, tmp_path / "out", first_frame=2, max_frames=3)
+    assert result.frames == 3
+    assert (result.intrinsics.fx, result.intrinsics.fy) == pytest.approx((58.0, 58.1))  # 640x480 K, 64x48 images
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["image_files"] == [f"frame-{i:06d}.color.png" for i in (2, 3, 4)]
+    with BagReader(tmp_path / "out" / "bag") as bag:
+        traj = bag.trajectory("/ground_truth/pose")
+    assert traj.stamps[0] == pytest.approx(2 / 30.0)  # the source's stamps: windows line up with each other
+    np.testing.assert_allclose(traj.poses[0], _gt_pose(2 / 30.0), atol=1e-7)
+    with pytest.raises(ValueError, match="from image 6"):
+        bff.convert(source, tmp_path / "out2", first_frame=6)
+    (source / "camera-intrinsics.txt").write_text("580 0 318\n0 581 241\n")
+    with pytest.raises(ValueError, match="3x3"):
+        bff.read_dataset(source)

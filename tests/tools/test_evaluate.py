@@ -180,7 +180,9 @@ def test_report_files_and_numbers(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "report" / "eval.json").read_text())
     assert data["trajectory"]["ate_rmse_sim3"] == pytest.approx(result.trajectory.ate_rmse_sim3)
     assert data["trajectory"]["scale"] == pytest.approx(2.0, rel=0.01)
-    assert set(data["per_frame"]["0003.png"]) == {"deblurred_psnr", "deblurred_ssim", "input_psnr", "input_ssim"}
+    assert set(data["per_frame"]["0003.png"]) == {"deblurred_psnr", "deblurred_ssim", "input_psnr", "input_ssim",
+                                                  "vs_input_psnr", "vs_input_ssim"}
+    assert data["vs_input"]["psnr_mean"] == pytest.approx(result.vs_input.psnr_mean)  # renders vs what was seen
     page = index.read_text()
     assert f"{result.trajectory.ate_rmse_sim3 * 100:.2f} cm" in page
     assert 'src="strip.png"' in page and f"{result.deblurred.psnr_mean:.2f} dB" in page
@@ -208,3 +210,19 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ev.run(parser.parse_args([])) == 2
     assert ev.run(parser.parse_args(["--gt", str(tmp_path / "gt.tum")])) == 2
     assert ev.run(parser.parse_args(["--gt", str(tmp_path / "missing.tum"), "--est", str(tmp_path / "est.tum")])) == 2
+
+
+def test_renders_against_the_input_without_sharp_ground_truth(tmp_path: Path) -> None:
+    """A real camera has no sharp ground truth: the renders are compared with the input frames."""
+    images = _images(4)
+    inputs = _write_images(tmp_path / "input", images)
+    renders = _write_images(tmp_path / "renders", [cv2.GaussianBlur(im, (3, 3), 0.8) for im in images])
+    result = evaluate(est_images=renders, input_images=inputs)
+    assert result.deblurred is None and result.input is None
+    assert 15 < result.vs_input.psnr_mean < 60 and len(result.vs_input.names) == 4
+    assert "renders vs input" in ev.summary_text(result)
+    write_report(result, tmp_path / "report")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert f"{result.vs_input.psnr_mean:.2f} dB" in page and (tmp_path / "report" / "strip.png").is_file()
+    with pytest.raises(ValueError, match="--gt-images or --input-images"):
+        evaluate(est_images=renders)
