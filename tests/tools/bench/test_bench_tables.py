@@ -6,7 +6,9 @@ import argparse
 
 import pytest
 
-from posegs_ros.tools import bench_dynamic, bench_pipeline, bench_quality
+from posegs_ros.tools.bench import dynamic as bench_dynamic
+from posegs_ros.tools.bench import pipeline as bench_pipeline
+from posegs_ros.tools.bench import quality as bench_quality
 
 
 def _parse(module, *argv: str) -> argparse.Namespace:  # noqa: ANN001 - a bench module

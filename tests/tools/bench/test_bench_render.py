@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from posegs_ros.tools import bench_render
+from posegs_ros.tools.bench import render as bench_render
 
 
 def parse(*argv: str) -> argparse.Namespace:

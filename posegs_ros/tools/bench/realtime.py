@@ -29,7 +29,7 @@ from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .replay import add_config_arguments
+    from ..replay import add_config_arguments
 
     parser.add_argument("--frames", type=int, default=300, help="frames per sequence (default 300: 10 s at 30 Hz)")
     parser.add_argument("--seeds", default="0", help="comma-separated synth seeds (default 0)")
@@ -49,9 +49,9 @@ def _spin(stop: Any) -> None:  # pragma: no cover - runs in a child process
 
 
 def run(args: argparse.Namespace) -> int:
-    from .replay import config_from_args
-    from .realtime import replay_realtime
-    from .synth import SynthConfig, generate, write
+    from ..replay import config_from_args
+    from ..realtime import replay_realtime
+    from ..synth import SynthConfig, generate, write
 
     cfg = config_from_args(args)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -103,7 +103,7 @@ def _row(seed: int, rate: float, result: Any, out: Path) -> dict[str, Any]:
     if online:
         row["ate_online_cm"] = 100.0 * online["ate_rmse_sim3"]
     if result.evaluation is not None and result.evaluation.deblurred is not None and result.evaluation.input is not None:
-        from .evaluate import mean_psnr
+        from ..evaluate import mean_psnr
 
         rendered = set(result.evaluation.deblurred.names)
         inputs = result.evaluation.input

@@ -202,7 +202,7 @@ def _spawn(impl: str, scene: str, repeats: int, threads: int, wait_policy: str =
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     if wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = wait_policy.upper()
-    cmd = [sys.executable, "-m", "posegs_ros.tools.bench_render", "--worker", impl, scene,
+    cmd = [sys.executable, "-m", "posegs_ros.tools.bench.render", "--worker", impl, scene,
            "--repeats", str(repeats), "--threads", str(threads)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from posegs_ros.tools import bench_real
+from posegs_ros.tools.bench import real as bench_real
 from posegs_ros.tools.cli import main
 
 

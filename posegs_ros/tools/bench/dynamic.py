@@ -24,7 +24,7 @@ RUNS: list[tuple[str, bool, bool]] = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .replay import add_config_arguments
+    from ..replay import add_config_arguments
 
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .replay import config_from_args, replay
-    from .synth import SynthConfig, generate, write
+    from ..replay import config_from_args, replay
+    from ..synth import SynthConfig, generate, write
 
     try:
         selected = [RUNS[int(i)] for i in args.runs.split(",") if i.strip()]
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _row(name: str, result: Any, dynamic_data: Path | None) -> dict[str, Any]:
-    from .evaluate import evaluate_masks, masked_psnr
+    from ..evaluate import evaluate_masks, masked_psnr
 
     ev = result.evaluation
     row: dict[str, Any] = {

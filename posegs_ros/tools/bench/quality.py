@@ -43,7 +43,7 @@ SUITE: dict[str, dict[str, Any]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .replay import add_config_arguments
+    from ..replay import add_config_arguments
 
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.suite:
         return run_suite(args)
-    from .replay import config_from_args, replay
-    from .synth import SynthConfig, generate, write
+    from ..replay import config_from_args, replay
+    from ..synth import SynthConfig, generate, write
 
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -126,8 +126,8 @@ def run_suite(args: argparse.Namespace) -> int:
     """``--suite``: one row per sequence of :data:`SUITE` (and its sharp twin)."""
     import dataclasses
 
-    from .replay import config_from_args, replay
-    from .synth import SynthConfig, generate, write
+    from ..replay import config_from_args, replay
+    from ..synth import SynthConfig, generate, write
 
     names = [n.strip() for n in args.sequences.split(",") if n.strip()]
     unknown = [n for n in names if n not in SUITE]

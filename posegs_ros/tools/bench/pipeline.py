@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .replay import add_config_arguments
+    from ..replay import add_config_arguments
 
     parser.add_argument("--frames", type=int, default=60, help="sequence length (default 60)")
     parser.add_argument("--width", type=int, default=320)
@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..pipeline import Frame, Reconstructor
-    from .replay import config_from_args
-    from .synth import SynthConfig, generate
+    from ...pipeline import Frame, Reconstructor
+    from ..replay import config_from_args
+    from ..synth import SynthConfig, generate
 
     cfg = config_from_args(args)
     seq = generate(SynthConfig(seed=args.seed, frames=args.frames, width=args.width, height=args.height))

@@ -7,12 +7,12 @@ import importlib
 import sys
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "render": ("posegs_ros.tools.bench_render", "CPU rasterizer vs its PyTorch reference: ms and peak RSS"),
-    "pipeline": ("posegs_ros.tools.bench_pipeline", "reconstruction pipeline: frames/s, per-stage time, peak RSS"),
-    "dynamic": ("posegs_ros.tools.bench_dynamic", "moving objects: motion groups on vs off (ATE, PSNR in object mask, IoU)"),
-    "quality": ("posegs_ros.tools.bench_quality", "ablation table: full method vs blur off vs two-step, and a sharp sequence"),
-    "real": ("posegs_ros.tools.bench_real", "real camera frames (TUM / 7-Scenes folder): ATE, RPE, PSNR vs input, RSS per window"),
-    "realtime": ("posegs_ros.tools.bench_realtime", "live camera: frames posed, tracking latency, online ATE and PSNR at 30 Hz"),
+    "render": ("posegs_ros.tools.bench.render", "CPU rasterizer vs its PyTorch reference: ms and peak RSS"),
+    "pipeline": ("posegs_ros.tools.bench.pipeline", "reconstruction pipeline: frames/s, per-stage time, peak RSS"),
+    "dynamic": ("posegs_ros.tools.bench.dynamic", "moving objects: motion groups on vs off (ATE, PSNR in object mask, IoU)"),
+    "quality": ("posegs_ros.tools.bench.quality", "ablation table: full method vs blur off vs two-step, and a sharp sequence"),
+    "real": ("posegs_ros.tools.bench.real", "real camera frames (TUM / 7-Scenes folder): ATE, RPE, PSNR vs input, RSS per window"),
+    "realtime": ("posegs_ros.tools.bench.realtime", "live camera: frames posed, tracking latency, online ATE and PSNR at 30 Hz"),
 }
 
 

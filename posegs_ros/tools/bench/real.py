@@ -48,8 +48,8 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .bag_from_frames import parse_size
-    from .replay import add_config_arguments
+    from ..bag_from_frames import parse_size
+    from ..replay import add_config_arguments
 
     parser.add_argument("source", type=Path, metavar="DIR", help="TUM RGB-D or 7-Scenes sequence folder")
     parser.add_argument("--windows", default="0:150", metavar="START:COUNT,...",
@@ -138,9 +138,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from .bag_from_frames import convert
-    from .replay import config_from_args
+    from ...config import ConfigError
+    from ..bag_from_frames import convert
+    from ..replay import config_from_args
 
     try:
         windows = parse_windows(args.windows)
