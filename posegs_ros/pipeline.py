@@ -103,6 +103,7 @@ class TrajectoryPoint:
     group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [4, 4] M_g at this frame
     dynamic_mask: np.ndarray | None = None  # [H, W] bool, moving objects detected in this frame
     exposure: np.ndarray = field(default_factory=lambda: np.zeros(2))  # [2] affine exposure (log gain, bias)
+    map_index: int = 0  # the map this pose is in: 0, then +1 per re-initialization (own origin and scale)
 
 
 @dataclass
@@ -160,6 +161,7 @@ class _FrameRecord:
     is_keyframe: bool = False
     twist: np.ndarray = field(default_factory=lambda: np.zeros(6))
     exposure: np.ndarray = field(default_factory=lambda: np.zeros(2))  # [2] affine exposure (log gain, bias)
+    map_index: int = 0  # which map the pose is in (a re-initialization starts the next)
     image: np.ndarray | None = field(default=None, repr=False)  # [H, W, 3] uint8, kept for finalize()
     group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [4, 4] M_g at this frame
     group_twists: dict[int, np.ndarray] = field(default_factory=dict)  # group -> [6]
@@ -224,6 +226,8 @@ class Reconstructor:
         self._new_map()
         self._records = []
         self._map_first_record = 0
+        self._map_index = 0  # maps started so far - 1 (re-initializations)
+        self._retired: dict[int, MapSnapshot] = {}  # earlier maps' last snapshots, by map index
         self.counters = EngineCounters()
         self._last_stamp: float | None = None
 
@@ -367,7 +371,7 @@ class Reconstructor:
     # --------------------------------------------------------- initializing
     def _initialize_step(self, frame: Frame) -> FrameResult:
         timings = StageTimings()
-        record = _FrameRecord(frame.index, frame.stamp, TrackingState.INITIALIZING, np.eye(4))
+        record = _FrameRecord(frame.index, frame.stamp, TrackingState.INITIALIZING, np.eye(4), map_index=self._map_index)
         record.image = frame.image if self.keep_frames else None
         self._records.append(record)
         self._init_buffer.append((frame, len(self._records) - 1))
@@ -426,6 +430,7 @@ class Reconstructor:
         self.backend.seed(kf0, kf1, pixels, depth, stride, self._scene_scale)
         snap = self._snapshot()
         for rec, kf_id in ((first_rec, 0), (second_rec, 1)):
+            self._records[rec].map_index = self._map_index
             self._records[rec].is_keyframe = True
             self._store_pose(self._records[rec], snap.keyframe_poses[kf_id], TrackingState.TRACKING, kf_id)
             self._records[rec].twist = snap.keyframe_twists[kf_id].copy()
@@ -477,6 +482,7 @@ class Reconstructor:
         while self._late_poses:
             rec_index, pose, twist, lost = self._late_poses.popleft()
             rec = self._records[rec_index]
+            rec.map_index = self._map_index  # posed in the current map
             self._store_pose(rec, pose, TrackingState.LOST if lost else TrackingState.TRACKING,
                              self._nearest_keyframe(rec.stamp))
             rec.twist = twist
@@ -521,9 +527,9 @@ class Reconstructor:
         return exposure_subframes(b.subframes, [twist], intrinsics.fx, intrinsics.width, intrinsics.height,
                                   self._scene_scale, b.subframe_spacing_px, b.max_subframes)
 
-    def _settings(self, intrinsics: Intrinsics) -> RenderSettings:
+    def _settings(self, intrinsics: Intrinsics, scene_scale: float | None = None) -> RenderSettings:
         r = self.config.render
-        s = self._scene_scale
+        s = self._scene_scale if scene_scale is None else scene_scale
         return RenderSettings(intrinsics.width, intrinsics.height, r.sh_degree, r.near_plane * s, r.far_plane * s, r.eps2d, r.background, r.backend)
 
     def _scene(self, snap: MapSnapshot) -> SceneTensors:
@@ -572,7 +578,7 @@ class Reconstructor:
             self._lost_run = 0
         if not res.twist_refined:  # the exposure twist of an ordinary frame comes from its motion
             res.twist = self._motion_twist(last_stamp, last_pose, frame.stamp, res.pose)
-        record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy(),
+        record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy(), map_index=self._map_index,
                               exposure=np.array([math.log(res.brightness[0]), res.brightness[1]]))
         record.image = frame.image if self.keep_frames else None
         self._records.append(record)
@@ -666,6 +672,9 @@ class Reconstructor:
                 rec.absolute = self._final_pose(rec, snap)
                 rec.reference = rec.relative = None
         self.counters.reinitializations += 1
+        if snap is not None:  # kept: the frames posed in it are still rendered and its map saved from it
+            self._retired[self._map_index] = snap
+        self._map_index += 1  # this frame's record keeps the old map's prediction until the new map poses it
         self._new_map()
         self._init_buffer = [(frame, len(self._records) - 1)]
 
@@ -918,9 +927,10 @@ class Reconstructor:
     def _point(self, rec: _FrameRecord, snap: MapSnapshot | None, online: bool) -> TrajectoryPoint:
         if online:
             return TrajectoryPoint(rec.index, rec.stamp, rec.online_pose.copy(), rec.state, rec.is_keyframe,
-                                   dict(rec.group_poses), rec.dynamic_mask, rec.exposure.copy())
+                                   dict(rec.group_poses), rec.dynamic_mask, rec.exposure.copy(), rec.map_index)
         return TrajectoryPoint(rec.index, rec.stamp, self._final_pose(rec, snap), rec.state, rec.is_keyframe,
-                               self._final_group_poses(rec), rec.dynamic_mask, self._final_exposure(rec, snap))
+                               self._final_group_poses(rec), rec.dynamic_mask, self._final_exposure(rec, snap),
+                               rec.map_index)
 
     def trajectory(self) -> list[TrajectoryPoint]:
         """Latest pose estimate of every frame that has one (keyframe-relative poses follow
@@ -940,17 +950,21 @@ class Reconstructor:
     @torch.no_grad()
     def render(
         self, pose: np.ndarray, intrinsics: Intrinsics, group_poses: dict[int, np.ndarray] | None = None,
-        exposure: np.ndarray | None = None,
+        exposure: np.ndarray | None = None, map_index: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Sharp render of the newest map: RGB ``[H, W, 3]`` uint8 and depth ``[H, W]`` float32 (NaN = empty).
 
         ``group_poses``: where each motion group is (group -> ``[4, 4]``); groups not given are
         not rendered. ``exposure``: ``[2]`` (log gain, bias) of the frame to render as its camera
-        recorded it (``TrajectoryPoint.exposure``); default the map's own brightness. Safe from
-        any thread (it renders a snapshot).
+        recorded it (``TrajectoryPoint.exposure``); default the map's own brightness.
+        ``map_index``: render the map that was current then (``TrajectoryPoint.map_index``; a
+        re-initialization retires a map); default the newest. Safe from any thread (it renders a
+        snapshot).
         """
-        scene = move_groups(self._snapshot().scene, {g: torch.from_numpy(m) for g, m in (group_poses or {}).items()})
-        out = render_views(scene, torch.from_numpy(pose)[None], intrinsics.matrix(torch.float64), self._settings(intrinsics))
+        retired = self._retired.get(map_index) if map_index is not None else None
+        scene = move_groups((retired or self._snapshot()).scene, {g: torch.from_numpy(m) for g, m in (group_poses or {}).items()})
+        settings = self._settings(intrinsics, retired.scene_scale if retired is not None else None)
+        out = render_views(scene, torch.from_numpy(pose)[None], intrinsics.matrix(torch.float64), settings)
         rgb = out.rgb[0]
         if exposure is not None and np.isfinite(exposure).all():
             rgb = rgb * math.exp(float(exposure[0])) + float(exposure[1])
@@ -974,8 +988,11 @@ class Reconstructor:
         return xyz, rgb
 
     def save_map(self, path: str | Path) -> Path:
-        """Write the newest map as a standard 3DGS PLY, atomically."""
+        """Write the newest map as a standard 3DGS PLY, atomically (the last one a re-initialization
+        retired while the new one is not initialized yet)."""
         snap = self.store.latest()
+        if snap is None and self._retired:
+            snap = self._retired[max(self._retired)]
         if snap is None:
             raise RuntimeError("no map yet: nothing to save")
         return write_ply(path, snap.state)

@@ -174,6 +174,26 @@ def test_after_a_long_gap_an_unrelated_view_reinitializes_at_once(small_sequence
     assert engine.counters.reinitializations == 1 and not engine.initialized  # not max_lost_frames later
 
 
+def test_a_retired_map_still_renders_its_frames_and_saves(small_sequence, fast_config, tmp_path) -> None:
+    """A re-initialization that never completes (the stream ends first) loses no map: frames
+    posed in the old map render from it, and save_map writes it."""
+    seq = small_sequence
+    engine, results = run(seq, fast_config)
+    before = engine.render(results[-1].pose, seq.intrinsics)[0]
+    noise = np.random.default_rng(1).integers(0, 256, seq.frames[0].blurred.shape, dtype=np.uint8)
+    engine.process(Frame(noise, seq.frames[-1].stamp + fast_config.tracking.max_gap_s + 1.0, seq.intrinsics, 99))
+    assert not engine.initialized and engine.store.latest() is None
+    traj = engine.trajectory()
+    last = next(p for p in traj if p.index == seq.frames[-1].index)
+    assert last.map_index == 0 and traj[-1].index == 99 and traj[-1].map_index == 0  # lost in the old map
+    rgb, depth = engine.render(last.pose, seq.intrinsics, map_index=last.map_index)
+    np.testing.assert_array_equal(rgb, before)
+    assert np.isfinite(depth).mean() > 0.5
+    with pytest.raises(RuntimeError, match="no map snapshot"):
+        engine.render(last.pose, seq.intrinsics)  # the new map does not exist yet
+    assert len(read_ply(engine.save_map(tmp_path / "map.ply"))["means"]) == engine._retired[0].num_gaussians
+
+
 def test_frames_that_left_the_initialization_buffer_are_posed_backward(small_sequence, fast_config) -> None:
     """The camera stands still, then moves: initialization waits for parallax longer than
     init.max_frames, and the frames that left its buffer are tracked backward from the first

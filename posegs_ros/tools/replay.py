@@ -275,7 +275,8 @@ def replay(
             write_tum(staging / "trajectory_online.tum", np.array([p.stamp for p in online]), np.array([p.pose for p in online]).reshape(-1, 4, 4))
             t0 = time.perf_counter()
             for point in traj:
-                rgb, _ = engine.render(point.pose, intrinsics_by_index[point.index], point.group_poses, point.exposure)
+                rgb, _ = engine.render(point.pose, intrinsics_by_index[point.index], point.group_poses, point.exposure,
+                                       point.map_index)
                 atomic_write_image(staging / "deblurred" / f"{point.index:04d}.png", rgb)
                 if cfg.dynamic.enabled:
                     mask = point.dynamic_mask if point.dynamic_mask is not None else np.zeros(rgb.shape[:2], bool)
