@@ -139,8 +139,6 @@ class MappingConfig:
     densify_alpha: float = _f(0.5, "add Gaussians where the rendered opacity is below this")
     densify_error: float = _f(0.15, "add Gaussians where the L1 error is above this")
     densify_stride: int = _f(4, "sample every n-th pixel when densifying")
-    align_triangulated: bool = _f(False, "scale the depth triangulated for a new keyframe's uncovered areas to the "
-                                  "rendered depth where both exist (new areas join at the map's scale)")
     prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
     prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
     max_gaussians: int = _f(40000, "cap on the number of Gaussians (memory and time per mapping step)")

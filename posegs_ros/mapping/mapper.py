@@ -376,8 +376,6 @@ class Mapper:
             return 0
         d = np.where(alpha > 0.5, depth, np.nan)[vs, us]
         if fallback_depth is not None:
-            if m.align_triangulated:
-                fallback_depth = _scaled_to_map(fallback_depth, np.where(alpha > 0.5, depth, np.nan))
             d = np.where(np.isfinite(d), d, fallback_depth[vs, us])
         missing = ~np.isfinite(d)
         if missing.any():
@@ -450,17 +448,6 @@ class Mapper:
         opacity = torch.sigmoid(self.gmap.opacity_logits)
         big = torch.exp(self.gmap.log_scales).max(dim=1).values > m.prune_scale * self.scene_scale
         return self.gmap.remove((opacity < m.prune_opacity) | big)
-
-
-def _scaled_to_map(triangulated: np.ndarray, rendered: np.ndarray, min_pixels: int = 200) -> np.ndarray:
-    """``triangulated`` depth ``[H, W]`` scaled by its median ratio to the ``rendered`` depth
-    ``[H, W]`` (NaN = none) where both exist, so new areas join the map at the map's scale;
-    unchanged when they overlap on fewer than ``min_pixels`` or disagree beyond 5x."""
-    both = np.isfinite(triangulated) & np.isfinite(rendered) & (triangulated > 0) & (rendered > 0)
-    if int(both.sum()) < min_pixels:
-        return triangulated
-    ratio = float(np.median(rendered[both] / triangulated[both]))
-    return triangulated * ratio if 0.2 < ratio < 5.0 else triangulated
 
 
 def _nearest_valid(depth: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
