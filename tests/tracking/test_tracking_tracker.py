@@ -79,3 +79,26 @@ def test_constant_velocity_prediction_and_twist_guess() -> None:
     assert np.allclose(half[:3, 3], (b @ se3_exp(torch.tensor([0.05, 0, 0.01, 0, 0.025, 0], dtype=torch.float64)).numpy())[:3, 3])
     assert np.allclose(predict_constant_velocity(b, None), b)
     assert np.allclose(initial_twist(a, b, 0.5), [0.05, 0.0, 0.01, 0.0, 0.025, 0.0], atol=1e-12)
+
+
+def test_match_brightness_scales_the_render_to_the_frame() -> None:
+    """An auto-exposure step (frame 30 % brighter) is recovered from the covered pixels alone,
+    however soft the render is; too little coverage leaves the render as it is."""
+    import cv2
+
+    from posegs_ros.tracking.tracker import match_brightness
+
+    rng = np.random.default_rng(0)
+    scene = cv2.GaussianBlur(rng.integers(40, 160, (96, 128)).astype(np.uint8), (5, 5), 1.0)
+    frame = np.clip(scene * 1.3, 0, 255).astype(np.uint8)
+    render = cv2.GaussianBlur(scene, (9, 9), 3.0)  # a young map renders softer than the camera sees
+    covered = np.zeros(scene.shape, bool)
+    covered[:, :80] = True  # the map covers the left part only
+    adjusted, gain = match_brightness(render, frame, covered)
+    assert gain == pytest.approx(1.3, rel=0.02)
+    assert abs(float(adjusted[covered].mean()) - float(frame[covered].mean())) < 1.0
+    tiny = np.zeros(scene.shape, bool)
+    tiny[:4, :4] = True
+    same, one = match_brightness(render, frame, tiny)
+    assert one == 1.0 and same is render
+    assert match_brightness(render, np.full_like(frame, 255), covered)[1] == 2.0  # clipped
