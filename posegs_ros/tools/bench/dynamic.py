@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._markdown import cell, table
+
 RUNS: list[tuple[str, bool, bool]] = [
     # (name, dynamic sequence, motion groups on)
     ("dynamic sequence, groups on", True, True),
@@ -86,15 +88,12 @@ def _row(name: str, result: Any, dynamic_data: Path | None) -> dict[str, Any]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of the runs."""
-    def num(v: Any, fmt: str) -> str:
-        return "–" if v is None else format(v, fmt)
-
-    lines = ["| run | camera ATE final (cm) | ATE online (cm) | PSNR deblurred (dB) | PSNR input (dB) "
-             "| PSNR in object mask (dB) | mask IoU | groups spawned |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['run']} | {r['ate_cm']:.2f} | {r['ate_online_cm']:.2f} | {r['psnr']:.2f} | "
-                     f"{r['psnr_input']:.2f} | {num(r['psnr_in_mask'], '.2f')} | {num(r['iou'], '.3f')} | "
-                     f"{r['groups_spawned']} |")
-    return "\n".join(lines)
+    """Markdown table of the runs ("–" where a run has no mask numbers)."""
+    head = ("| run | camera ATE final (cm) | ATE online (cm) | PSNR deblurred (dB) | PSNR input (dB) "
+            "| PSNR in object mask (dB) | mask IoU | groups spawned |")
+    return table(head, (
+        f"| {r['run']} | {r['ate_cm']:.2f} | {r['ate_online_cm']:.2f} | {r['psnr']:.2f} | "
+        f"{r['psnr_input']:.2f} | {cell(r['psnr_in_mask'], '.2f', '–')} | {cell(r['iou'], '.3f', '–')} | "
+        f"{r['groups_spawned']} |"
+        for r in rows
+    ))

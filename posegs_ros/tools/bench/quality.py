@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._markdown import cell, table
+
 VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     # name -> (config overrides, use the sharp twin sequence)
     "full": ({}, False),
@@ -112,14 +114,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of ablation rows."""
     head = ("| variant | ATE final (cm) | ATE online (cm) | PSNR deblurred (dB) | PSNR input (dB) | gain (dB) "
             "| SSIM deblurred | online fps | final refinement (s) |")
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for r in rows:
-        lines.append(
-            f"| {r['variant']} | {r['ate_cm']:.2f} | {r['ate_online_cm']:.2f} | {r['psnr_deblurred']:.2f} | "
-            f"{r['psnr_input']:.2f} | {r['psnr_deblurred'] - r['psnr_input']:+.2f} | {r['ssim_deblurred']:.3f} | "
-            f"{r['fps']:.2f} | {r['final_refinement_s']:.0f} |"
-        )
-    return "\n".join(lines)
+    return table(head, (
+        f"| {r['variant']} | {r['ate_cm']:.2f} | {r['ate_online_cm']:.2f} | {r['psnr_deblurred']:.2f} | "
+        f"{r['psnr_input']:.2f} | {r['psnr_deblurred'] - r['psnr_input']:+.2f} | {r['ssim_deblurred']:.3f} | "
+        f"{r['fps']:.2f} | {r['final_refinement_s']:.0f} |"
+        for r in rows
+    ))
 
 
 def run_suite(args: argparse.Namespace) -> int:
@@ -179,20 +179,13 @@ def _suite_row(name: str, blurred: Any, sharp: Any | None, blur_px: float) -> di
 
 def format_suite_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of suite rows ("-" for the ceiling columns of a run without sharp twin)."""
-    import math
-
-    def num(value: float, fmt: str) -> str:
-        return "-" if not math.isfinite(value) else format(value, fmt)
-
     head = ("| sequence | blur (px) | PSNR deblurred / input / ceiling (dB) | gain | to ceiling | SSIM deblurred / "
             "input / ceiling | ATE final / online (cm) | Gaussians | s / frame |")
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for r in rows:
-        lines.append(
-            f"| {r['sequence']} | {r['blur_px']:.1f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} / "
-            f"{num(r['psnr_ceiling'], '.2f')} | {r['psnr_deblurred'] - r['psnr_input']:+.2f} | "
-            f"{num(r['psnr_deblurred'] - r['psnr_ceiling'], '+.2f')} | {r['ssim_deblurred']:.3f} / "
-            f"{r['ssim_input']:.3f} / {num(r['ssim_ceiling'], '.3f')} | {r['ate_cm']:.2f} / {r['ate_online_cm']:.2f} | "
-            f"{r['gaussians']} | {r['seconds_per_frame']:.2f} |"
-        )
-    return "\n".join(lines)
+    return table(head, (
+        f"| {r['sequence']} | {r['blur_px']:.1f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} / "
+        f"{cell(r['psnr_ceiling'], '.2f')} | {r['psnr_deblurred'] - r['psnr_input']:+.2f} | "
+        f"{cell(r['psnr_deblurred'] - r['psnr_ceiling'], '+.2f')} | {r['ssim_deblurred']:.3f} / "
+        f"{r['ssim_input']:.3f} / {cell(r['ssim_ceiling'], '.3f')} | {r['ate_cm']:.2f} / {r['ate_online_cm']:.2f} | "
+        f"{r['gaussians']} | {r['seconds_per_frame']:.2f} |"
+        for r in rows
+    ))

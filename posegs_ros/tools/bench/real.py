@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from ._markdown import cell, table
 
 __all__ = ["parse_windows", "window_row", "format_table", "add_arguments", "run"]
 
@@ -120,21 +121,16 @@ def window_row(start: int, count: int, out: Path, wall_s: float, peak_rss_mb: fl
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`window_row` rows."""
-    def num(value: float, fmt: str) -> str:
-        return "-" if not math.isfinite(value) else format(value, fmt)
-
     head = ("| window | posed | ATE final / online (cm) | RPE (cm, deg / frame) | PSNR / SSIM vs input | "
             "keyframes | Gaussians | lost / re-inits | frames/s | s / frame end to end | peak RSS (MB) |")
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for r in rows:
-        lines.append(
-            f"| {r['window']} | {r['posed']} / {r['frames']} | {num(r['ate_cm'], '.2f')} / "
-            f"{num(r['ate_online_cm'], '.2f')} | {num(r['rpe_cm'], '.2f')}, {num(r['rpe_deg'], '.3f')} | "
-            f"{num(r['psnr_vs_input'], '.2f')} / {num(r['ssim_vs_input'], '.3f')} | {r['keyframes']} | "
-            f"{r['gaussians']} | {r['lost']} / {r['reinitializations']} | {r['fps']:.2f} | "
-            f"{r['seconds_per_frame']:.2f} | {r['peak_rss_mb']:.0f} |"
-        )
-    return "\n".join(lines)
+    return table(head, (
+        f"| {r['window']} | {r['posed']} / {r['frames']} | {cell(r['ate_cm'], '.2f')} / "
+        f"{cell(r['ate_online_cm'], '.2f')} | {cell(r['rpe_cm'], '.2f')}, {cell(r['rpe_deg'], '.3f')} | "
+        f"{cell(r['psnr_vs_input'], '.2f')} / {cell(r['ssim_vs_input'], '.3f')} | {r['keyframes']} | "
+        f"{r['gaussians']} | {r['lost']} / {r['reinitializations']} | {r['fps']:.2f} | "
+        f"{r['seconds_per_frame']:.2f} | {r['peak_rss_mb']:.0f} |"
+        for r in rows
+    ))
 
 
 def run(args: argparse.Namespace) -> int:

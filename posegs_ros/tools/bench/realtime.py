@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._markdown import table
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..replay import add_config_arguments
@@ -125,12 +127,11 @@ def markdown_table(rows: list[dict[str, Any]], busy: bool = False) -> str:
     """The README table of ``rows``."""
     head = ("| seed | rate | frames posed | tracking latency median / p95 (ms) | online ATE (cm) | "
             "PSNR online deblurred / input (dB) | renders | mapping steps | CPU cores busy | CPU stolen |")
-    lines = [head, "|" + "---|" * 10]
-    for r in rows:
-        lines.append(
-            f"| {r['seed']} | {r['rate']:g}{' (+ busy process)' if busy else ''} | {r['posed']} / {r['images']} "
-            f"({100 * r['posed_share']:.1f} %) | {r['latency_median_ms']:.1f} / {r['latency_p95_ms']:.1f} | "
-            f"{r['ate_online_cm']:.2f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} | {r['renders']} | "
-            f"{r['mapping_steps']} | {r['cpu_cores']:.2f} | "
-            + (f"{100 * r['cpu_steal']:.0f} % |" if r.get("cpu_steal") is not None else "- |"))
-    return "\n".join(lines)
+    return table(head, (
+        f"| {r['seed']} | {r['rate']:g}{' (+ busy process)' if busy else ''} | {r['posed']} / {r['images']} "
+        f"({100 * r['posed_share']:.1f} %) | {r['latency_median_ms']:.1f} / {r['latency_p95_ms']:.1f} | "
+        f"{r['ate_online_cm']:.2f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} | {r['renders']} | "
+        f"{r['mapping_steps']} | {r['cpu_cores']:.2f} | "
+        + (f"{100 * r['cpu_steal']:.0f} % |" if r.get("cpu_steal") is not None else "- |")
+        for r in rows
+    ))
