@@ -225,7 +225,6 @@ class Reconstructor:
         (a mapping round in flight is stopped first)."""
         self._new_map()
         self._records = []
-        self._map_first_record = 0
         self._map_index = 0  # maps started so far - 1 (re-initializations)
         self._retired: dict[int, MapSnapshot] = {}  # earlier maps' last snapshots, by map index
         self.counters = EngineCounters()
@@ -249,7 +248,6 @@ class Reconstructor:
         self.store.clear()
         self.backend = MappingBackend(cfg, self.store, concurrent=self.concurrent, threads=self._mapping_threads)
         self.initialized = False
-        self._map_first_record = max(len(getattr(self, "_records", [])) - 1, 0)  # the frame that starts this map
         self._init_buffer: list[tuple[Frame, int]] = []  # (frame, record index)
         self._preinit: deque[tuple[Frame, int]] = deque()  # frames that left the buffer, posed after initialization
         self._history: list[_FrameRecord] = []  # the last tracked frames (constant-velocity prediction)
@@ -578,8 +576,8 @@ class Reconstructor:
             self._lost_run = 0
         if not res.twist_refined:  # the exposure twist of an ordinary frame comes from its motion
             res.twist = self._motion_twist(last_stamp, last_pose, frame.stamp, res.pose)
-        record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy(), map_index=self._map_index,
-                              exposure=np.array([math.log(res.brightness[0]), res.brightness[1]]))
+        record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy(),
+                              exposure=res.exposure, map_index=self._map_index)
         record.image = frame.image if self.keep_frames else None
         self._records.append(record)
         if self.motion is not None and state is not TrackingState.LOST:
@@ -784,7 +782,7 @@ class Reconstructor:
         then from each neighbour's; a frame that holds is posed (``recovered_frames``), the rest
         keep the prediction and their LOST state. Needs the images (``keep_frames``); frames of
         an earlier map (before a re-initialization) are left alone."""
-        records = self._records[self._map_first_record:]
+        records = [r for r in self._records if r.map_index == self._map_index]
         posed = [i for i, r in enumerate(records) if r.state in (TrackingState.TRACKING, TrackingState.RELOCALIZED)]
         lost = [i for i, r in enumerate(records) if r.state is TrackingState.LOST and r.image is not None]
         if not posed or not lost or self._intrinsics is None:
@@ -804,10 +802,9 @@ class Reconstructor:
             for pred in candidates:
                 res = self._track(frame, pred, rec.twist, snap, exclude=exclude)
                 if not res.lost and np.isfinite(res.pose).all():
-                    published = rec.online_pose  # online it stays what was published
-                    self._store_pose(rec, res.pose, TrackingState.TRACKING, self._nearest_keyframe(rec.stamp))
-                    rec.online_pose = published
-                    rec.exposure = np.array([math.log(res.brightness[0]), res.brightness[1]])
+                    self._store_pose(rec, res.pose, TrackingState.TRACKING, self._nearest_keyframe(rec.stamp),
+                                     published=False)  # online it stays what was published
+                    rec.exposure = res.exposure
                     self.counters.recovered_frames += 1
                     posed.insert(bisect.bisect_left(posed, i), i)
                     break
@@ -887,9 +884,13 @@ class Reconstructor:
                         break  # the group left the view (or cannot be followed): stop this walk
 
     # -------------------------------------------------------------- outputs
-    def _store_pose(self, rec: _FrameRecord, pose: np.ndarray, state: TrackingState, reference: int | None) -> None:
+    def _store_pose(self, rec: _FrameRecord, pose: np.ndarray, state: TrackingState, reference: int | None,
+                    published: bool = True) -> None:
+        """Set a frame's pose (relative to keyframe ``reference`` when given); ``published``: it is
+        also the frame's online pose (what the node sends), else that stays as it was."""
         rec.state = state
-        rec.online_pose = pose.copy() if rec.state is not TrackingState.INITIALIZING else rec.online_pose
+        if published and state is not TrackingState.INITIALIZING:
+            rec.online_pose = pose.copy()
         if reference is None or reference >= self.num_keyframes:
             rec.absolute, rec.reference, rec.relative = pose.copy(), None, None
             return

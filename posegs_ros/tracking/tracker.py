@@ -13,6 +13,7 @@ Tracking is declared lost when too few flow correspondences agree with the solve
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -84,7 +85,12 @@ class TrackingResult:
     reason: str = ""
     twist_refined: bool = False  # the blur-aware refinement set ``twist`` (else it is ``twist_init``)
     passes: int = 0  # render -> flow -> solve passes run
-    brightness: tuple[float, float] = (1.0, 0.0)  # (gain, bias in [0, 1] units): frame ~ gain * render + bias
+    gain: float = 1.0  # the frame's brightness over the render's (match_brightness): frame ~ gain * render
+
+    @property
+    def exposure(self) -> np.ndarray:
+        """``[2]`` affine exposure (log gain, bias) of the frame relative to the map, as keyframes keep it."""
+        return np.array([math.log(self.gain), 0.0])
 
 
 def _render_gray(rgb: np.ndarray) -> np.ndarray:
@@ -190,7 +196,7 @@ class Tracker:
         obs_gray = to_gray(image)  # once per frame: the flow's destination and the photometric term's image
         obs = _Observation(obs_gray, t.photometric_weight > 0)
         pose_pass = pose_pred
-        brightness = (1.0, 0.0)
+        gain = 1.0
         solved: PoseSolveResult | None = None
         first: tuple[RenderOutput, float, np.ndarray] | None = None
         passes = 0
@@ -215,7 +221,6 @@ class Tracker:
                 if exclude is not None:
                     covered &= ~exclude
                 ref_gray, gain = match_brightness(ref_gray, obs_gray, covered)
-                brightness = (gain, 0.0)
             t0 = time.perf_counter()
             flow = (self._scaled_flow if scale != 1.0 else self.flow)(ref_gray, obs_gray)
             timings["flow"] += time.perf_counter() - t0
@@ -269,7 +274,7 @@ class Tracker:
             reason=reason,
             twist_refined=refined,
             passes=passes,
-            brightness=brightness,
+            gain=gain,
         )
 
     def _gauss_newton(
