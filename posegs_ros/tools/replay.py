@@ -149,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"processed {summary['frames_processed']} frames in {result.seconds:.1f} s "
           f"({summary['fps']:.2f} frames/s); {summary['keyframes']} keyframes, {summary['gaussians']} Gaussians")
     states = summary.get("frames_by_state", {})
+    if not summary.get("initialized", True):
+        print(f"the map never initialized: not enough camera translation (parallax) in these "
+              f"{summary['frames_processed']} frames; no map.ply, nothing evaluated", file=sys.stderr)
     if states.get("lost") or states.get("no pose"):
         print(f"frames without a tracked pose: {states.get('lost', 0)} lost (predicted pose only), "
               f"{states.get('no pose', 0)} without any pose (see metrics.json)")
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(summary_text(result.evaluation))
     print(f"outputs in {result.out}")
-    return 0
+    return 0 if summary.get("initialized", True) else 1
 
 
 class ReplayError(RuntimeError):
@@ -282,7 +285,12 @@ def replay(
                     mask = point.dynamic_mask if point.dynamic_mask is not None else np.zeros(rgb.shape[:2], bool)
                     atomic_write_image(staging / "masks" / f"{point.index:04d}.png", mask.astype(np.uint8) * 255)
             render_seconds = time.perf_counter() - t0
-            engine.save_map(staging / "map.ply")
+            if engine.initialized:
+                engine.save_map(staging / "map.ply")
+            else:  # too few frames or too little parallax: the outputs say so instead of a traceback
+                log.warning("the map never initialized in %d frames (init.min_parallax_px %.1f px with "
+                            "init.min_inliers %d matches): no map, no poses", processed,
+                            cfg.init.min_parallax_px, cfg.init.min_inliers)
 
             metrics = {
                 "bag": str(bag_path),
@@ -291,6 +299,7 @@ def replay(
                 "summary": {
                     "images_in_bag": total,
                     "frames_processed": processed,
+                    "initialized": engine.initialized,
                     "frames_with_pose": len(traj),
                     # final state of each frame: lost = only a predicted pose (tracking failed online and
                     # again against the final map); no pose = waited too long for initialization
@@ -318,7 +327,7 @@ def replay(
             atomic_write_json(staging / "metrics.json", json_safe(metrics))
 
             evaluation = None
-            if evaluate:
+            if evaluate and traj:
                 evaluation = _evaluate(bag, staging, gt, stream.image_topic, traj)
             _commit_out(staging, out)
         except BaseException:

@@ -98,3 +98,18 @@ def test_cli_reports_errors_with_exit_code(tmp_path, capsys) -> None:
     assert main(["replay", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--quiet"]) == 1
     assert "no bag" in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--set", "blur.nope=1"]) == 2
+
+
+def test_bag_too_short_to_initialize_is_reported_not_a_traceback(synthetic_bag, tmp_path, capsys) -> None:
+    from posegs_ros.tools.cli import main
+
+    out = tmp_path / "short"
+    # two frames a 30th of a second apart: far too little parallax for the two-view initialization
+    assert main(["replay", str(synthetic_bag), "--out", str(out), "--max-frames", "2", "--quiet",
+                 "--set", "mapping.final_iters=0"]) == 1
+    assert "never initialized" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    summary = metrics["summary"]
+    assert summary["initialized"] is False and summary["frames_by_state"]["no pose"] == 2
+    assert len(read_tum(out / "trajectory.tum")) == 0 and not (out / "map.ply").exists()
+    assert not (out / "eval.json").exists()
