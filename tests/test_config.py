@@ -42,10 +42,21 @@ def test_errors_are_clear(tmp_path: Path) -> None:
         load_config(f)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+    f.write_text("mapping:\n  lr_colors: a lot\n")
+    with pytest.raises(ConfigError, match="mapping.lr_colors: expected a number"):
+        load_config(f)
     with pytest.raises(ConfigError, match="subframes >= 0"):
         load_config(overrides={"blur.subframes": -1})
     with pytest.raises(ConfigError, match="subframe_spacing_px > 0"):
         load_config(overrides={"blur.subframe_spacing_px": 0.0})
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML) reads 1e-2 as the string '1e-2'; a float setting takes it as 0.01
+    f = tmp_path / "c.yaml"
+    f.write_text("mapping:\n  lr_colors: 1e-2\n")
+    assert load_config(f).mapping.lr_colors == 0.01
+    assert load_config(overrides={"mapping.lr_scales": "2E-3"}).mapping.lr_scales == 0.002
 
 
 def test_flat_round_trip_and_table() -> None:
