@@ -230,7 +230,8 @@ class Mapper:
         order = np.concatenate([self.rng.permutation(len(views)) for _ in range(iterations // len(views) + 1)])
         visits = iter(order[:iterations].tolist())
         return self._run([("joint", iterations)], list(views), pose_frames, None, None, stats,
-                         pick=lambda: views[next(visits)], final_lr_factor=self.cfg.mapping.final_lr_factor)
+                         pick=lambda: views[next(visits)], final_lr_factor=m.final_lr_factor,
+                         appearance_boost=m.final_lr_boost)
 
     def _run(
         self,
@@ -242,25 +243,32 @@ class Mapper:
         stats: MappingStats,
         pick: Callable[[], Keyframe] | None = None,
         final_lr_factor: float = 1.0,
+        appearance_boost: float = 1.0,
         between_steps: Callable[[], RoundControl] | None = None,
     ) -> MappingStats:
         """Run ``schedule`` [(stage, steps)]; learning rates of positions and poses decay
-        exponentially to ``final_lr_factor`` times their value over the run (1 = constant)."""
+        exponentially to ``final_lr_factor`` times their value over the run (1 = constant); those
+        of colours, opacities, scales and rotations start at ``appearance_boost`` times their value
+        and decay exponentially back to it."""
         frames = list(frames)
         stopped = False
         pose_opt = self._pose_optimizer(pose_frames) if pose_frames else None
         decaying = [g for opt in ([pose_opt] if pose_opt else []) + [self.gmap.optimizers.get("means")] if opt
                     for g in opt.param_groups]
         base_lrs = [g["lr"] for g in decaying]
+        boosted = [g for name, opt in self.gmap.optimizers.items() if name != "means" for g in opt.param_groups]
+        boosted_lrs = [g["lr"] for g in boosted]
         total = max(sum(n for _, n in schedule), 1)
         step_index = 0
         for stage, iters in schedule:
             gaussians = stage in ("gaussians", "joint")
             for _ in range(iters):
-                factor = final_lr_factor ** (step_index / total)
+                progress = step_index / total
                 step_index += 1
                 for g, lr in zip(decaying, base_lrs):
-                    g["lr"] = lr * factor
+                    g["lr"] = lr * final_lr_factor**progress
+                for g, lr in zip(boosted, boosted_lrs):
+                    g["lr"] = lr * appearance_boost ** (1.0 - progress)
                 if stage == "poses":
                     if pose_opt is None:
                         break
@@ -287,7 +295,7 @@ class Mapper:
                 break
             if stage == "gaussians" and newest is not None:
                 stats.added += self.densify(newest, fallback_depth)
-        for g, lr in zip(decaying, base_lrs):
+        for g, lr in zip(decaying + boosted, base_lrs + boosted_lrs):
             g["lr"] = lr
         for kf in pose_frames:
             kf.fold()

@@ -4,6 +4,7 @@ Adam state stays aligned, non-finite parameters never stay in the map."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from posegs_ros.config import PosegsConfig, apply_flat
@@ -116,3 +117,31 @@ def test_densify_grows_a_motion_group_in_its_own_frame(small_sequence) -> None:
     inside = mask[np.clip(np.round(v).astype(int), 0, h - 1), np.clip(np.round(u).astype(int), 0, w - 1)]
     assert inside.mean() > 0.95
     assert (u > 60).mean() > 0.5  # mostly the uncovered right part of the mask
+
+
+def test_final_refinement_boosts_appearance_learning_rates_then_restores_them(small_sequence) -> None:
+    seq = small_sequence
+    steps = 6
+    seen: dict[float, dict[str, list[float]]] = {}
+    colours: dict[float, torch.Tensor] = {}
+    for boost in (1.0, 3.0):
+        cfg = apply_flat(PosegsConfig(), {"mapping.gaussian_iters": 2, "mapping.pose_iters": 0, "mapping.joint_iters": 0,
+                                          "blur.subframes": 3, "mapping.final_lr_boost": boost})
+        gmap, mapper, kf0 = seeded(seq, cfg)
+        kf1 = keyframe(seq.frames[4], seq.intrinsics, mapper.scene_scale)
+        mapper.optimize([kf0], None)  # creates the optimizers
+        base = {name: opt.param_groups[0]["lr"] for name, opt in gmap.optimizers.items()}
+        lrs: dict[str, list[float]] = {name: [] for name in ("means", "sh0", "opacities")}
+        for name in lrs:
+            gmap.optimizers[name].register_step_pre_hook(
+                lambda opt, args, kwargs, name=name: lrs[name].append(opt.param_groups[0]["lr"]))
+        mapper.refine_all([kf0, kf1], steps)
+        seen[boost] = {name: [lr / base[name] for lr in values] for name, values in lrs.items()}
+        colours[boost] = gmap.params["sh0"].detach().clone()
+        assert {name: opt.param_groups[0]["lr"] for name, opt in gmap.optimizers.items()} == base  # restored
+    # colours and opacities start at boost x their rate and decay towards it; positions are not boosted
+    assert seen[3.0]["sh0"][0] == pytest.approx(3.0) and seen[3.0]["opacities"][0] == pytest.approx(3.0)
+    assert all(a > b > 1.0 for a, b in zip(seen[3.0]["sh0"], seen[3.0]["sh0"][1:]))
+    assert seen[3.0]["means"] == seen[1.0]["means"] and seen[1.0]["sh0"] == [1.0] * len(seen[1.0]["sh0"])
+    assert len(seen[3.0]["sh0"]) == steps
+    assert not torch.equal(colours[1.0][: len(colours[3.0])], colours[3.0][: len(colours[1.0])])
