@@ -255,9 +255,10 @@ class Mapper:
         pose_opt = self._pose_optimizer(pose_frames) if pose_frames else None
         decaying = [g for opt in ([pose_opt] if pose_opt else []) + [self.gmap.optimizers.get("means")] if opt
                     for g in opt.param_groups]
-        base_lrs = [g["lr"] for g in decaying]
         boosted = [g for name, opt in self.gmap.optimizers.items() if name != "means" for g in opt.param_groups]
-        boosted_lrs = [g["lr"] for g in boosted]
+        # (param group, its rate, factor at the start, factor at the end): exponential in between
+        schedules = [(g, g["lr"], 1.0, final_lr_factor) for g in decaying]
+        schedules += [(g, g["lr"], appearance_boost, 1.0) for g in boosted]
         total = max(sum(n for _, n in schedule), 1)
         step_index = 0
         for stage, iters in schedule:
@@ -265,10 +266,8 @@ class Mapper:
             for _ in range(iters):
                 progress = step_index / total
                 step_index += 1
-                for g, lr in zip(decaying, base_lrs):
-                    g["lr"] = lr * final_lr_factor**progress
-                for g, lr in zip(boosted, boosted_lrs):
-                    g["lr"] = lr * appearance_boost ** (1.0 - progress)
+                for g, lr, start, end in schedules:
+                    g["lr"] = lr * start ** (1.0 - progress) * end**progress
                 if stage == "poses":
                     if pose_opt is None:
                         break
@@ -295,7 +294,7 @@ class Mapper:
                 break
             if stage == "gaussians" and newest is not None:
                 stats.added += self.densify(newest, fallback_depth)
-        for g, lr in zip(decaying + boosted, base_lrs + boosted_lrs):
+        for g, lr, _, _ in schedules:
             g["lr"] = lr
         for kf in pose_frames:
             kf.fold()
