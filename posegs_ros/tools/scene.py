@@ -1,7 +1,8 @@
 """A procedural textured room and an exact ray caster for it (numba), independent of the Gaussian rasterizer.
 
 The scene is a set of textured rectangles ("quads"): the six walls of a room (seen from inside)
-and a few boxes (seen from outside); one optional box moves on its own trajectory ("body" 1).
+and a few boxes (seen from outside); optional moving boxes each follow their own trajectory
+("bodies" 1, 2, ...).
 Textures are photographs shipped inside scikit-image's installed data folder (read from disk,
 no download).  Rendering casts one ray per sub-pixel sample (``supersample`` x ``supersample``
 per pixel), intersects it exactly with every front-facing quad, and reads the texture with
@@ -29,6 +30,7 @@ __all__ = [
     "TEXTURE_FILES",
     "PROCEDURAL_TEXTURES",
     "TEXTURE_DETAILS",
+    "OBJECT_TEXTURES",
     "procedural_texture",
     "TextureAtlas",
     "Quads",
@@ -42,7 +44,9 @@ __all__ = [
 TEXTURE_SIZE = 512  # every texture is resampled to this square size (then mip-mapped)
 NEAR = 0.05  # metres
 STATIC_BODY = 0
-DYNAMIC_BODY = 1
+DYNAMIC_BODY = 1  # the first moving box; the k-th (0-based) is body 1 + k
+# textures of the moving boxes, in order (the first is the one of the single-object sequences)
+OBJECT_TEXTURES = ("chelsea", "coins", "retina")
 
 # name -> (file in skimage's data folder, RGB tint applied to grey images)
 TEXTURE_FILES: dict[str, tuple[str, tuple[float, float, float]]] = {
@@ -56,6 +60,8 @@ TEXTURE_FILES: dict[str, tuple[str, tuple[float, float, float]]] = {
     "coffee": ("coffee.png", (1.0, 1.0, 1.0)),
     "rocket": ("rocket.jpg", (1.0, 1.0, 1.0)),
     "chelsea": ("chelsea.png", (1.0, 1.0, 1.0)),
+    "coins": ("coins.png", (1.0, 0.82, 0.5)),
+    "retina": ("retina.jpg", (1.0, 1.0, 1.0)),
 }
 
 
@@ -255,16 +261,29 @@ class Scene:
 
     @property
     def has_dynamic(self) -> bool:
-        return bool(np.any(self.quads.body == DYNAMIC_BODY))
+        return bool(np.any(self.quads.body >= DYNAMIC_BODY))
+
+    @property
+    def n_objects(self) -> int:
+        """Number of moving boxes (bodies ``1 .. n_objects``)."""
+        return int(self.quads.body.max(initial=STATIC_BODY))
 
     def quads_in_camera(self, camera_pose: np.ndarray, object_pose: np.ndarray | None) -> Quads:
-        """The quads in the camera frame, those facing away from the camera removed."""
+        """The quads in the camera frame, those facing away from the camera removed.
+
+        ``object_pose``: object-to-world ``[4, 4]`` of the single moving box or ``[K, 4, 4]``, one
+        per moving box (body ``1 + k``); None if the scene has none.
+        """
         world_to_cam = np.linalg.inv(np.asarray(camera_pose, np.float64))
         transforms = {STATIC_BODY: world_to_cam}
         if self.has_dynamic:
             if object_pose is None:
                 raise ValueError("the scene has a moving object: pass its object_pose")
-            transforms[DYNAMIC_BODY] = world_to_cam @ np.asarray(object_pose, np.float64)
+            poses = np.asarray(object_pose, np.float64).reshape(-1, 4, 4)
+            if len(poses) != self.n_objects:
+                raise ValueError(f"the scene has {self.n_objects} moving objects, got {len(poses)} object_pose(s)")
+            for k, pose in enumerate(poses):
+                transforms[DYNAMIC_BODY + k] = world_to_cam @ pose
         q = self.quads
         origin, edge_u, edge_v = np.empty_like(q.origin), np.empty_like(q.edge_u), np.empty_like(q.edge_v)
         for body, t in transforms.items():
@@ -285,7 +304,10 @@ class Scene:
         supersample: int = 2,
         with_depth: bool = False,
     ) -> RenderOutput:
-        """Render RGB (and optionally depth + body ids) from camera-to-world ``camera_pose`` ``[4, 4]``."""
+        """Render RGB (and optionally depth + body ids) from camera-to-world ``camera_pose`` ``[4, 4]``.
+
+        ``object_pose``: ``[4, 4]`` or ``[K, 4, 4]`` object-to-world of the moving boxes (if any).
+        """
         q = self.quads_in_camera(camera_pose, object_pose)
         bounds, on_screen = _screen_bounds(q, intrinsics)
         q = Quads(q.origin[on_screen], q.edge_u[on_screen], q.edge_v[on_screen], q.texture[on_screen],
@@ -471,13 +493,16 @@ def _render_kernel(width, height, ss, fx, fy, cx, cy, origin, edge_u, edge_v, no
                     out_body[row, col] = body_of[q]
 
 
-def build_scene(rng: np.random.Generator, dynamic: bool = False, texture_detail: str = "default") -> Scene:
-    """The benchmark room: 5.0 x 6.0 x 2.7 m, three textured boxes, optionally a moving box.
+def build_scene(rng: np.random.Generator, dynamic: bool = False, texture_detail: str = "default",
+                objects: int = 1, object_size: float = 0.45) -> Scene:
+    """The benchmark room: 5.0 x 6.0 x 2.7 m, three textured boxes, optionally moving boxes.
 
     Room (world, z up): x in [-2.5, 2.5], y in [-1.5, 4.5], z in [0, 2.7]; the camera stands
     near the origin at 1.4 m height looking along +y, so the far wall is ~4.3 m away and the
-    boxes 2.3-3.5 m.  ``rng`` places the boxes.  The moving box (body 1) is a 0.45 m cube in its
-    own frame centred at its origin.  ``texture_detail``: ``default`` (photographs at tiles of
+    boxes 2.3-3.5 m.  ``rng`` places the boxes.  With ``dynamic``, ``objects`` moving boxes
+    (bodies 1, 2, ...; textures :data:`OBJECT_TEXTURES`) are cubes of edge ``object_size`` metres,
+    each in its own frame centred at its origin (the scene does not move them: poses are
+    passed to :meth:`Scene.render`).  ``texture_detail``: ``default`` (photographs at tiles of
     ~1 m) or ``fine`` (the same room and layout with high-contrast detail of 1-3 pixels in
     the 320x240 views: printed text, noise and stripe patterns, photographs at small tiles).
     """
@@ -487,8 +512,12 @@ def build_scene(rng: np.random.Generator, dynamic: bool = False, texture_detail:
     names = ["motorcycle", "brick", "ihc", "gravel", "grass", "cameraman", "astronaut", "coffee", "rocket"]
     if fine:
         names += list(PROCEDURAL_TEXTURES)
+    if dynamic and not 1 <= objects <= len(OBJECT_TEXTURES):
+        raise ValueError(f"objects must be 1..{len(OBJECT_TEXTURES)}, got {objects}")
+    if dynamic and not 0.05 <= object_size <= 1.5:
+        raise ValueError(f"object_size must be 0.05..1.5 m, got {object_size}")
     if dynamic:
-        names.append("chelsea")
+        names += list(OBJECT_TEXTURES[:objects])
     atlas = TextureAtlas.load(names)
     t = atlas.index
     lo, hi = np.array([-2.5, -1.5, 0.0]), np.array([2.5, 4.5, 2.7])
@@ -522,7 +551,11 @@ def build_scene(rng: np.random.Generator, dynamic: bool = False, texture_detail:
         "texture_detail": texture_detail,
     }
     if dynamic:
-        half = 0.225
-        parts.append(box_quads(np.full(3, -half), np.full(3, half), t("chelsea"), (0.45, 0.45), body=DYNAMIC_BODY))
-        description["moving_box"] = {"texture": "chelsea", "size": 2 * half}
+        half = object_size / 2.0
+        for k, texture in enumerate(OBJECT_TEXTURES[:objects]):
+            parts.append(box_quads(np.full(3, -half), np.full(3, half), t(texture), (object_size, object_size),
+                                   body=DYNAMIC_BODY + k))
+        description["moving_box"] = {"texture": OBJECT_TEXTURES[0], "size": object_size}
+        if objects > 1:
+            description["moving_boxes"] = [{"texture": n, "size": object_size} for n in OBJECT_TEXTURES[:objects]]
     return Scene(Quads.concat(parts), atlas, description)

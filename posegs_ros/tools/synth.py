@@ -22,12 +22,14 @@ Output directory (:func:`write`; every file written atomically, ``meta.json`` la
     bag/                rosbag2 (mcap or sqlite3): /camera/image_raw (rgb8, blurred),
                         /camera/camera_info (with every image), /ground_truth/pose (PoseStamped,
                         mid-exposure camera-to-map, frame "map"), /ground_truth/image_sharp,
-                        /ground_truth/object_pose (with --dynamic)
+                        /ground_truth/object_pose (with --dynamic; the k-th box, k >= 2, on
+                        /ground_truth/object_pose_<k>)
     gt.tum              mid-exposure camera-to-map poses, t = header stamp
     blurred/NNNN.png    the camera images (same as the bag's)
     sharp/NNNN.png      mid-exposure sharp renders
     depth/NNNN.npy      float32 metric z-depth at mid-exposure
-    masks/NNNN.png      moving-object masks at mid-exposure (with --dynamic), object.tum
+    masks/NNNN.png      moving-object masks at mid-exposure (with --dynamic; every box), object.tum
+                        (the first box's poses; object_<k>.tum for the k-th, k >= 2)
     meta.json           intrinsics, timing, seed, blur extent per frame and mean, scene
 """
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -56,8 +59,13 @@ __all__ = [
     "SynthSequence",
     "CameraPath",
     "ObjectPath",
+    "SlidePath",
+    "SpinPath",
+    "OBJECT_MOTIONS",
+    "object_paths",
     "generate",
     "write",
+    "generated",
     "subframe_offsets",
     "add_arguments",
     "run",
@@ -72,7 +80,20 @@ TOPICS = {
     "sharp": "/ground_truth/image_sharp",
     "object_pose": "/ground_truth/object_pose",
 }
-OUTPUT_ENTRIES = ("bag", "sharp", "blurred", "depth", "masks", "gt.tum", "object.tum", "meta.json")
+MAX_OBJECTS = 3
+OBJECT_MOTIONS = ("swing", "slide", "spin")
+OUTPUT_ENTRIES = ("bag", "sharp", "blurred", "depth", "masks", "gt.tum", "object.tum",
+                  *(f"object_{k}.tum" for k in range(2, MAX_OBJECTS + 1)), "meta.json")
+
+
+def object_topic(index: int) -> str:
+    """Ground-truth pose topic of moving box ``index`` (0-based)."""
+    return TOPICS["object_pose"] if index == 0 else f"{TOPICS['object_pose']}_{index + 1}"
+
+
+def object_tum_name(index: int) -> str:
+    """TUM file name of moving box ``index`` (0-based)."""
+    return "object.tum" if index == 0 else f"object_{index + 1}.tum"
 
 
 @dataclass(frozen=True)
@@ -87,7 +108,11 @@ class SynthConfig:
     exposure: float = 0.025  # seconds the shutter is open (<= 1 / fps)
     shake: float = 1.0  # scale of the hand-held rotational shake (0: smooth path only)
     subframes: int = 9  # sharp renders averaged per blurred frame
-    dynamic: bool = False  # add a moving textured box (ground-truth masks + pose)
+    dynamic: bool = False  # add moving textured boxes (ground-truth masks + poses)
+    objects: int = 1  # moving boxes (with dynamic)
+    object_motion: str = "swing"  # swing | slide | spin (with dynamic)
+    object_size: float = 0.45  # cube edge (metres)
+    object_speed: float = 1.0  # scale of the boxes' speeds (1: ~1.6-1.8 m/s swing / slide)
     texture_detail: str = "default"  # "fine": high-contrast detail of 1-3 px (text, noise, stripes, small tiles)
     supersample: int = 2  # rays per pixel side (antialiasing)
     focal: float | None = None  # pixels; default 250 * width / 320
@@ -103,6 +128,11 @@ class SynthConfig:
             raise ValueError("subframes and supersample must be >= 1 and shake >= 0")
         if self.texture_detail not in ("default", "fine"):
             raise ValueError(f"texture_detail must be default or fine, got {self.texture_detail!r}")
+        if self.object_motion not in OBJECT_MOTIONS:
+            raise ValueError(f"object_motion must be one of {OBJECT_MOTIONS}, got {self.object_motion!r}")
+        if not 1 <= self.objects <= MAX_OBJECTS or not 0.05 <= self.object_size <= 1.5 or self.object_speed < 0:
+            raise ValueError(f"need 1 <= objects <= {MAX_OBJECTS}, 0.05 <= object_size <= 1.5 m and "
+                             f"object_speed >= 0, got {self.objects}, {self.object_size}, {self.object_speed}")
 
     @property
     def focal_px(self) -> float:
@@ -174,9 +204,11 @@ class CameraPath:
 
 @dataclass(frozen=True)
 class ObjectPath:
-    """Object-to-world trajectory of the moving box: a fast side-to-side swing while it spins.
+    """Object-to-world trajectory of a ``swing`` box: a fast side-to-side swing while it spins.
 
-    Peak speed ~1.8 m/s at ~1.7 m from the camera plus ~2 rad/s spin: blurred like the camera.
+    Peak speed ~1.8 m/s at ~1.7 m from the camera plus ~2 rad/s spin (``speed`` 1): blurred like
+    the camera.  ``speed`` scales every frequency (so the speeds); a second box swings lower,
+    further away and to one side.
     """
 
     centre: np.ndarray  # [3]
@@ -186,23 +218,118 @@ class ObjectPath:
     spin: float  # rad/s about z
     spin0: float
     tilt: float  # rad amplitude about x
+    tilt_freq: float = 1.3  # rad/s
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> ObjectPath:
+    def random(cls, rng: np.random.Generator, speed: float = 1.0, size: float = 0.45, index: int = 0,
+               first: ObjectPath | None = None) -> ObjectPath:
+        centre = np.array([0.0, 1.7, 1.05]) if index == 0 else np.array([0.9 * (-1.0) ** index, 2.3, 0.8])
+        amp = np.array([0.8, 0.1, 0.12]) if index == 0 else np.array([0.6, 0.1, 0.1])
         return cls(
-            centre=np.array([0.0, 1.7, 1.05]), amp=np.array([0.8, 0.1, 0.12]),
-            freq=np.array([2.2, 1.1, 3.1]) * rng.uniform(0.9, 1.1, 3), phase=rng.uniform(-np.pi, np.pi, 3),
-            spin=float(rng.uniform(1.5, 2.5)) * rng.choice([-1.0, 1.0]), spin0=float(rng.uniform(0, 2 * np.pi)),
-            tilt=0.4,
+            centre=centre, amp=amp,
+            freq=np.array([2.2, 1.1, 3.1]) * rng.uniform(0.9, 1.1, 3) * speed, phase=rng.uniform(-np.pi, np.pi, 3),
+            spin=float(rng.uniform(1.5, 2.5)) * rng.choice([-1.0, 1.0]) * speed,
+            spin0=float(rng.uniform(0, 2 * np.pi)), tilt=0.4, tilt_freq=1.3 * speed,
         )
 
     def pose(self, t: float) -> np.ndarray:
         """Object-to-world ``[4, 4]`` at time ``t``."""
         pose = np.eye(4)
         pose[:3, :3] = _rotation(np.array([0.0, 0.0, self.spin0 + self.spin * t])) @ _rotation(
-            np.array([self.tilt * np.sin(1.3 * t), 0.0, 0.0]))
+            np.array([self.tilt * np.sin(self.tilt_freq * t), 0.0, 0.0]))
         pose[:3, 3] = self.centre + self.amp * np.sin(self.freq * t + self.phase)
         return pose
+
+
+@dataclass(frozen=True)
+class SlidePath:
+    """A ``slide`` box: straight sideways (x) at constant speed, turning round off-screen.
+
+    The box starts just outside the view and crosses it (it enters and leaves the image);
+    it moves back and forth between ``x = -reach`` and ``+reach`` (the room's side walls minus
+    its half size, outside the camera's view at its depth), yawing slowly.  ``speed`` 1 is
+    ~1.6 m/s at ~1.3 m from the camera (~6 px of blur); a second box slides the other way
+    further back, so the two cross and the nearer one occludes the other.
+    """
+
+    start: float  # x at t = 0
+    direction: float  # +1 or -1: the sense of the first crossing
+    speed: float  # m/s
+    reach: float  # |x| where it turns round
+    y: float
+    z: float
+    yaw_rate: float  # rad/s
+    yaw0: float
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, speed: float = 1.0, size: float = 0.45, index: int = 0,
+               first: SlidePath | None = None) -> SlidePath:
+        direction = float(rng.choice([-1.0, 1.0]))
+        if first is not None:  # the other boxes slide against the first one
+            direction = -first.direction
+        start = -direction * float(rng.uniform(1.6, 2.0) if index == 0 else rng.uniform(1.0, 1.4))
+        y = 1.2 + index * max(0.6, size + 0.1)
+        return cls(start=start, direction=direction, speed=1.6 * speed * float(rng.uniform(0.9, 1.1)),
+                   reach=2.45 - size / 2.0, y=y, z=1.15 - 0.2 * index, yaw_rate=float(rng.uniform(-0.6, 0.6)),
+                   yaw0=float(rng.uniform(0, 2 * np.pi)))
+
+    def pose(self, t: float) -> np.ndarray:
+        """Object-to-world ``[4, 4]`` at time ``t``."""
+        period = 4.0 * self.reach
+        travelled = (self.direction * self.start + self.reach + self.speed * t) % period
+        along = (travelled if travelled <= 2.0 * self.reach else period - travelled) - self.reach
+        pose = np.eye(4)
+        pose[:3, :3] = _rotation(np.array([0.0, 0.0, self.yaw0 + self.yaw_rate * t]))
+        pose[:3, 3] = [self.direction * along, self.y, self.z]
+        return pose
+
+
+@dataclass(frozen=True)
+class SpinPath:
+    """A ``spin`` box: turns fast about a tilted axis while drifting slowly on a small circle.
+
+    ``speed`` 1 is ~4 rad/s (corners at ~1.3 m/s for the default 0.45 m box) at ~1.6 m.
+    """
+
+    centre: np.ndarray  # [3]
+    axis: np.ndarray  # [3] unit
+    rate: float  # rad/s
+    angle0: float
+    drift: float  # m, radius of the drift circle
+    drift_rate: float  # rad/s
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, speed: float = 1.0, size: float = 0.45, index: int = 0,
+               first: SpinPath | None = None) -> SpinPath:
+        centre = (np.array([rng.uniform(-0.3, 0.3), 1.5, 1.1]) if index == 0
+                  else np.array([0.8 * (-1.0) ** index, 2.0, 0.9]))
+        axis = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), 1.0])
+        return cls(centre=centre, axis=axis / np.linalg.norm(axis),
+                   rate=4.0 * speed * float(rng.uniform(0.9, 1.1)) * float(rng.choice([-1.0, 1.0])),
+                   angle0=float(rng.uniform(0, 2 * np.pi)), drift=0.08, drift_rate=1.0 * speed)
+
+    def pose(self, t: float) -> np.ndarray:
+        """Object-to-world ``[4, 4]`` at time ``t``."""
+        pose = np.eye(4)
+        pose[:3, :3] = _rotation(self.axis * (self.angle0 + self.rate * t))
+        a = self.drift_rate * t
+        pose[:3, 3] = self.centre + self.drift * np.array([np.cos(a) - 1.0, 0.0, np.sin(a)])
+        return pose
+
+
+_OBJECT_PATHS = {"swing": ObjectPath, "slide": SlidePath, "spin": SpinPath}
+
+
+def object_paths(rng: np.random.Generator, count: int = 1, motion: str = "swing", speed: float = 1.0,
+                 size: float = 0.45) -> list[ObjectPath | SlidePath | SpinPath]:
+    """Random trajectories of ``count`` moving boxes for ``motion`` in :data:`OBJECT_MOTIONS`."""
+    if motion not in _OBJECT_PATHS:
+        raise ValueError(f"object motion must be one of {OBJECT_MOTIONS}, got {motion!r}")
+    paths: list = []
+    for index in range(count):
+        paths.append(_OBJECT_PATHS[motion].random(rng, speed=speed, size=size, index=index,
+                                                  first=paths[0] if paths else None))
+    return paths
 
 
 @dataclass
@@ -217,8 +344,10 @@ class SynthFrame:
     depth: np.ndarray  # [H, W] float32 metric z-depth at mid-exposure
     blur_px: float  # mean pixel path length during the exposure
     subframe_poses: np.ndarray  # [S, 4, 4] camera-to-map at the sub-frame times
-    object_pose: np.ndarray | None = None  # [4, 4] object-to-map at mid-exposure (dynamic)
-    mask: np.ndarray | None = None  # [H, W] bool, moving object at mid-exposure (dynamic)
+    object_pose: np.ndarray | None = None  # [4, 4] first box's object-to-map at mid-exposure (dynamic)
+    mask: np.ndarray | None = None  # [H, W] bool, any moving box at mid-exposure (dynamic)
+    object_poses: np.ndarray | None = None  # [K, 4, 4] every box's object-to-map at mid-exposure (dynamic)
+    object_blur_px: float | None = None  # blur extent over the boxes' pixels only (0: none seen; dynamic)
 
     @property
     def stamp_ns(self) -> int:
@@ -236,8 +365,13 @@ class SynthSequence:
     frames: list[SynthFrame]
     scene: Scene = field(repr=False)  # renders any other view of the same scene
     camera_path: CameraPath = field(repr=False)
-    object_path: ObjectPath | None = field(default=None, repr=False)
+    object_paths: list = field(default_factory=list, repr=False)  # one per moving box
     seconds: float = 0.0  # generation wall time
+
+    @property
+    def object_path(self) -> ObjectPath | SlidePath | SpinPath | None:
+        """The first moving box's trajectory (None without boxes)."""
+        return self.object_paths[0] if self.object_paths else None
 
     @property
     def stamps(self) -> np.ndarray:
@@ -274,36 +408,52 @@ class SynthSequence:
                                "during the exposure (GT depth + continuous GT poses)",
             "scene": self.scene.description,
             "frame_ids": {"map": MAP_FRAME, "camera": CAMERA_FRAME},
-            "topics": {k_: v for k_, v in TOPICS.items() if cfg.dynamic or k_ != "object_pose"},
+            "topics": {k_: v for k_, v in TOPICS.items() if cfg.dynamic or k_ != "object_pose"}
+            | ({f"object_pose_{k + 1}": object_topic(k) for k in range(1, cfg.objects)} if cfg.dynamic else {}),
             "generation_seconds": round(self.seconds, 3),
         }
         if cfg.dynamic:
             meta["object_poses"] = [f.object_pose.round(9).tolist() for f in self.frames]
+            seen = [f.object_blur_px for f in self.frames if f.mask is not None and f.mask.any()]
+            meta["object_blur_px"] = [round(float(f.object_blur_px), 4) for f in self.frames]
+            meta["object_blur_px_mean"] = float(np.mean(seen)) if seen else 0.0
+            meta["object_area_mean"] = float(np.mean([f.mask.mean() for f in self.frames if f.mask.any()])) if seen else 0.0
+            meta["object_frames_seen"] = len(seen)
+            meta["objects"] = [{"motion": cfg.object_motion, "size": cfg.object_size, "speed": cfg.object_speed,
+                                "tum": object_tum_name(k), "topic": object_topic(k),
+                                "path": {n: np.asarray(v).round(6).tolist()
+                                         for n, v in asdict(path).items()}}
+                               for k, path in enumerate(self.object_paths)]
         return meta
 
 
 def _blur_extent(intrinsics: Intrinsics, depth: np.ndarray, body: np.ndarray, pose_mid: np.ndarray, poses: np.ndarray,
-                 object_mid: np.ndarray | None, object_poses: np.ndarray | None, stride: int = 3) -> float:
+                 object_mid: np.ndarray | None, object_poses: np.ndarray | None, stride: int = 3,
+                 moving_only: bool = False) -> float:
     """Mean image path length (pixels) over ``poses`` ``[T, 4, 4]`` of the points seen at mid-exposure.
 
-    Points are the pixel centres (every ``stride``-th) lifted with the GT ``depth``; points on the
-    moving box (``body == 1``) move with ``object_poses`` ``[T, 4, 4]``.
+    Points are the pixel centres (every ``stride``-th) lifted with the GT ``depth``; points on
+    moving box ``k`` (``body == 1 + k``) move with ``object_poses[:, k]`` (``object_mid`` ``[K, 4, 4]``,
+    ``object_poses`` ``[T, K, 4, 4]``).  ``moving_only``: average over the boxes' points only
+    (0 when none is seen).
     """
     k = intrinsics
     v, u = np.mgrid[0:depth.shape[0]:stride, 0:depth.shape[1]:stride]
     z = depth[v, u].astype(np.float64)
     ids = body[v, u]
-    ok = np.isfinite(z) & (ids >= 0)
+    ok = np.isfinite(z) & (ids >= (1 if moving_only else 0))
     u, v, z, ids = u[ok], v[ok], z[ok], ids[ok]
     if z.size == 0:
         return 0.0
     cam = np.stack([(u - k.cx) / k.fx * z, (v - k.cy) / k.fy * z, z, np.ones_like(z)], axis=0)  # [4, N]
     world = pose_mid @ cam
     points = np.broadcast_to(world, (poses.shape[0],) + world.shape).copy()  # [T, 4, N]
-    moving = ids == 1
-    if object_mid is not None and object_poses is not None and np.any(moving):
-        local = np.linalg.inv(object_mid) @ world[:, moving]
-        points[:, :, moving] = object_poses @ local
+    if object_mid is not None and object_poses is not None:
+        for box in range(object_mid.shape[0]):
+            moving = ids == 1 + box
+            if np.any(moving):
+                local = np.linalg.inv(object_mid[box]) @ world[:, moving]
+                points[:, :, moving] = object_poses[:, box] @ local
     pc = np.linalg.inv(poses) @ points  # [T, 4, N] in the camera at each time
     zc = np.maximum(pc[:, 2], 1e-6)
     track = np.stack([k.fx * pc[:, 0] / zc + k.cx, k.fy * pc[:, 1] / zc + k.cy], axis=-1)  # [T, N, 2]
@@ -322,9 +472,10 @@ def generate(cfg: SynthConfig = SynthConfig(), progress: bool = False) -> SynthS
 
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    scene = build_scene(rng, dynamic=cfg.dynamic, texture_detail=cfg.texture_detail)
+    scene = build_scene(rng, dynamic=cfg.dynamic, texture_detail=cfg.texture_detail, objects=cfg.objects,
+                        object_size=cfg.object_size)
     camera_path = CameraPath.random(rng, cfg.shake)
-    object_path = ObjectPath.random(rng) if cfg.dynamic else None
+    paths = object_paths(rng, cfg.objects, cfg.object_motion, cfg.object_speed, cfg.object_size) if cfg.dynamic else []
     f = cfg.focal_px
     intrinsics = Intrinsics(f, f, (cfg.width - 1) / 2.0, (cfg.height - 1) / 2.0, cfg.width, cfg.height)
     offsets = subframe_offsets(cfg.subframes)
@@ -335,8 +486,8 @@ def generate(cfg: SynthConfig = SynthConfig(), progress: bool = False) -> SynthS
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="synth", unit="frame")
-    def object_at(time_s: float) -> np.ndarray | None:
-        return object_path.pose(time_s) if object_path is not None else None
+    def object_at(time_s: float) -> np.ndarray | None:  # [K, 4, 4]
+        return np.stack([p.pose(time_s) for p in paths]) if paths else None
 
     for i in iterator:
         t = i / cfg.fps
@@ -350,15 +501,19 @@ def generate(cfg: SynthConfig = SynthConfig(), progress: bool = False) -> SynthS
                 accumulated += scene.render(intrinsics, pose, object_at(t + s * cfg.exposure), cfg.supersample).rgb
         blurred = accumulated / cfg.subframes
         dense_poses = np.stack([camera_path.pose(t + s * cfg.exposure) for s in dense])
-        dense_objects = np.stack([object_at(t + s * cfg.exposure) for s in dense]) if object_path is not None else None
+        dense_objects = np.stack([object_at(t + s * cfg.exposure) for s in dense]) if paths else None
         blur = _blur_extent(intrinsics, mid.depth, mid.body, camera_path.pose(t), dense_poses, object_at(t),
                             dense_objects)
+        object_blur = (_blur_extent(intrinsics, mid.depth, mid.body, camera_path.pose(t), dense_poses, object_at(t),
+                                    dense_objects, stride=1, moving_only=True) if paths else None)
+        objects_mid = object_at(t)
         frames.append(SynthFrame(
             index=i, stamp=cfg.start_time + t, pose=camera_path.pose(t), blurred=_to_uint8(blurred),
             sharp=_to_uint8(mid.rgb), depth=mid.depth, blur_px=blur, subframe_poses=sub_poses,
-            object_pose=object_at(t), mask=(mid.body == 1) if cfg.dynamic else None,
+            object_pose=objects_mid[0] if paths else None, mask=(mid.body >= 1) if cfg.dynamic else None,
+            object_poses=objects_mid, object_blur_px=object_blur,
         ))
-    return SynthSequence(cfg, intrinsics, frames, scene, camera_path, object_path, time.perf_counter() - started)
+    return SynthSequence(cfg, intrinsics, frames, scene, camera_path, paths, time.perf_counter() - started)
 
 
 def _prepare_output(out: Path, force: bool) -> None:
@@ -406,7 +561,8 @@ def write(seq: SynthSequence, out: str | Path, storage: str = "mcap", force: boo
             atomic_write_image(out / "masks" / f"{name}.png", frame.mask)
     write_tum(out / "gt.tum", seq.stamps, seq.poses)
     if seq.config.dynamic:
-        write_tum(out / "object.tum", seq.stamps, np.stack([f.object_pose for f in seq.frames]))
+        for k in range(seq.config.objects):
+            write_tum(out / object_tum_name(k), seq.stamps, np.stack([f.object_poses[k] for f in seq.frames]))
     with BagWriter(out / "bag", storage=storage) as bag:
         for frame in seq.frames:
             ns = frame.stamp_ns
@@ -414,12 +570,24 @@ def write(seq: SynthSequence, out: str | Path, storage: str = "mcap", force: boo
             bag.write(TOPICS["image"], rgb_to_image(frame.blurred, ns, CAMERA_FRAME))
             bag.write(TOPICS["pose"], pose_stamped_message(frame.pose, ns, MAP_FRAME))
             bag.write(TOPICS["sharp"], rgb_to_image(frame.sharp, ns, CAMERA_FRAME))
-            if frame.object_pose is not None:
-                bag.write(TOPICS["object_pose"], pose_stamped_message(frame.object_pose, ns, MAP_FRAME))
+            for k, object_pose in enumerate(frame.object_poses if frame.object_poses is not None else ()):
+                bag.write(object_topic(k), pose_stamped_message(object_pose, ns, MAP_FRAME))
     meta = seq.meta()
     meta["storage"] = storage
     atomic_write_json(out / "meta.json", meta)  # written last: its presence marks a complete output
     return out
+
+
+def generated(cfg: SynthConfig, out: str | Path, storage: str = "mcap") -> Path:
+    """``out`` holding the sequence of ``cfg``: reused if its ``meta.json`` records the same
+    config (a complete earlier output), else generated and written (replacing synth outputs)."""
+    out = Path(out)
+    try:
+        if json.loads((out / "meta.json").read_text())["config"] == json.loads(json.dumps(asdict(cfg))):
+            return out
+    except (OSError, ValueError, KeyError):
+        pass
+    return write(generate(cfg), out, storage=storage, force=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -435,7 +603,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subframes", type=int, default=d.subframes, help="sharp renders averaged per frame")
     parser.add_argument("--supersample", type=int, default=d.supersample, help="rays per pixel side")
     parser.add_argument("--focal", type=float, default=None, help="focal length in pixels (default 250*width/320)")
-    parser.add_argument("--dynamic", action="store_true", help="add a moving box with GT masks and pose")
+    parser.add_argument("--dynamic", action="store_true", help="add moving boxes with GT masks and poses")
+    parser.add_argument("--objects", type=int, default=d.objects, help=f"moving boxes, 1..{MAX_OBJECTS} (with --dynamic)")
+    parser.add_argument("--object-motion", choices=OBJECT_MOTIONS, default=d.object_motion,
+                        help="swing: side to side while spinning; slide: straight across the view, entering "
+                        "and leaving it (two boxes cross, the nearer occludes); spin: turning fast in place")
+    parser.add_argument("--object-size", type=float, default=d.object_size, help="cube edge of the boxes (metres)")
+    parser.add_argument("--object-speed", type=float, default=d.object_speed,
+                        help="scale of the boxes' speeds (1: ~1.6-1.8 m/s for swing and slide, ~4 rad/s spin)")
     parser.add_argument("--texture-detail", choices=("default", "fine"), default=d.texture_detail,
                         help="fine: high-contrast detail of 1-3 px (text, noise, stripes, photographs at small tiles)")
     parser.add_argument("--sharp-twin", type=Path, default=None, metavar="DIR",
@@ -453,7 +628,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = SynthConfig(seed=args.seed, frames=args.frames, width=args.width, height=args.height, fps=args.fps,
                           exposure=args.exposure, shake=args.shake, subframes=args.subframes,
                           dynamic=args.dynamic, supersample=args.supersample, focal=args.focal,
-                          texture_detail=args.texture_detail)
+                          texture_detail=args.texture_detail, objects=args.objects,
+                          object_motion=args.object_motion, object_size=args.object_size,
+                          object_speed=args.object_speed)
     except ValueError as err:
         log.error("%s", err)
         return 2

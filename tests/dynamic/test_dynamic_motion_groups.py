@@ -169,3 +169,36 @@ def test_final_refinement_carries_a_group_to_the_frames_before_its_detection(mov
         assert p.dynamic_mask is not None
         assert iou(p.dynamic_mask, moving_box.frames[p.index].mask) > 0.3
     assert np.mean([iou(p.dynamic_mask, moving_box.frames[p.index].mask) for p in before]) > 0.45
+
+
+def _observe_sequence(synth_kwargs: dict, frames: int, seed: int) -> tuple:
+    """Motion groups (defaults, groups on) fed a sequence with its GT poses and depth."""
+    from posegs_ros.tools.synth import SynthConfig, generate
+
+    seq = generate(SynthConfig(seed=seed, frames=frames, width=160, height=120, **synth_kwargs))
+    cfg = apply_flat(PosegsConfig(), {"dynamic.enabled": True})
+    groups = MotionGroups(cfg, DenseFlow())
+    return seq, cfg, feed(groups, seq, GaussianMap(0, 50_000), seq.frames)
+
+
+def test_a_large_fast_box_entering_the_view_is_detected_within_a_few_frames() -> None:
+    seq, cfg, obs = _observe_sequence(
+        {"dynamic": True, "object_motion": "slide", "object_size": 0.7, "object_speed": 1.4}, 16, seed=0)
+    seen = [i for i, f in enumerate(seq.frames) if f.mask.any()]
+    spawned = [i for i, o in enumerate(obs) if o.spawned]
+    assert seen and spawned and spawned[0] <= seen[0] + cfg.dynamic.persistence + 2
+    assert all(o.mask is not None for o in obs[spawned[0]:])  # followed from then on
+    large = [iou(o.mask, f.mask) for o, f in zip(obs, seq.frames) if f.mask.mean() > 0.1]
+    assert large and np.mean(large) > 0.6  # once it covers a tenth of the image (~10 px of blur)
+
+
+def test_two_boxes_get_two_groups() -> None:
+    _, _, obs = _observe_sequence({"dynamic": True, "object_motion": "slide", "objects": 2}, 10, seed=1)
+    spawned = [g for o in obs for g in o.spawned]
+    assert len(set(spawned)) == 2
+    assert max(len(o.poses) for o in obs) == 2  # both at once
+
+
+def test_a_static_scene_spawns_no_group() -> None:
+    _, _, obs = _observe_sequence({}, 20, seed=0)
+    assert not any(o.spawned for o in obs) and all(o.mask is None for o in obs)

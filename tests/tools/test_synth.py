@@ -164,6 +164,74 @@ def test_dynamic_sequence_has_masks_and_object_poses(tmp_path: Path) -> None:
     assert len(json.loads((out / "meta.json").read_text())["object_poses"]) == 3
 
 
+def test_two_sliding_boxes_cross_enter_and_leave_with_their_own_poses(tmp_path: Path) -> None:
+    cfg = SynthConfig(frames=40, width=80, height=60, subframes=1, supersample=1, dynamic=True, objects=2,
+                      object_motion="slide", seed=0)
+    seq = generate(cfg)
+    poses = np.stack([f.object_poses for f in seq.frames])  # [T, 2, 4, 4]
+    assert poses.shape == (40, 2, 4, 4)
+    np.testing.assert_array_equal(poses[:, 0], np.stack([f.object_pose for f in seq.frames]))
+    step = np.diff(poses[:, :, 0, 3], axis=0)  # sideways (x) motion per frame
+    assert np.all(np.abs(poses[:, :, 1:3, 3] - poses[:1, :, 1:3, 3]) < 1e-9)  # straight: y and z fixed
+    assert np.median(step[:, 0]) * np.median(step[:, 1]) < 0  # they slide in opposite directions ...
+    assert abs(poses[0, 0, 0, 3] - poses[0, 1, 0, 3]) > 1.0 > np.abs(poses[:, 0, 0, 3] - poses[:, 1, 0, 3]).min()
+    seen = np.array([f.mask.any() for f in seq.frames])
+    assert seen.any() and all(f.object_blur_px > 0 for f, s in zip(seq.frames, seen) if s)
+    out = write(seq, tmp_path / "two")
+    np.testing.assert_allclose(read_tum(out / "object_2.tum").poses, poses[:, 1], atol=1e-9)
+    with BagReader(out / "bag") as bag:
+        second = bag.trajectory("/ground_truth/object_pose_2")
+    np.testing.assert_allclose(second.poses, poses[:, 1], atol=1e-9)
+    meta = json.loads((out / "meta.json").read_text())
+    assert [o["tum"] for o in meta["objects"]] == ["object.tum", "object_2.tum"]
+    assert meta["object_frames_seen"] == int(seen.sum())
+
+
+def test_each_box_is_in_the_mask_and_moves_with_its_own_pose() -> None:
+    from posegs_ros.tools.scene import build_scene, look_at
+
+    scene = build_scene(np.random.default_rng(0), dynamic=True, objects=2, object_size=0.6)
+    k = Intrinsics(50.0, 50.0, 31.5, 23.5, 64, 48)
+    camera = look_at(np.array([0.0, 0.0, 1.2]), np.array([0.0, 1.0, 1.2]))  # along world +y
+    boxes = np.stack([np.eye(4), np.eye(4)])
+    boxes[0, :3, 3], boxes[1, :3, 3] = [-0.5, 1.5, 1.2], [0.5, 1.5, 1.2]
+    out = scene.render(k, camera, boxes, supersample=1, with_depth=True)
+    assert out.body[24, 16] == 1 and out.body[24, 48] == 2 and out.depth[24, 16] == pytest.approx(1.2, abs=1e-4)
+    boxes[1, :3, 3] = [5.0, 1.5, 1.2]  # the second box leaves the view, the first stays
+    moved = scene.render(k, camera, boxes, supersample=1, with_depth=True)
+    assert moved.body[24, 16] == 1 and not (moved.body == 2).any()
+    with pytest.raises(ValueError, match="2 moving objects"):
+        scene.render(k, camera, boxes[:1])
+
+
+def test_a_sliding_box_enters_and_leaves_the_view() -> None:
+    cfg = SynthConfig(frames=60, width=80, height=60, subframes=1, supersample=1, dynamic=True,
+                      object_motion="slide", seed=0)
+    frames = generate(cfg).frames
+    seen = np.array([f.mask.any() for f in frames])
+    assert not seen[0] and seen.any() and not seen[-1]  # starts outside, crosses, leaves
+    assert all((f.object_blur_px > 0) == s for f, s in zip(frames, seen))
+
+
+@pytest.mark.parametrize("motion", ["swing", "slide", "spin"])
+def test_object_speed_scales_the_object_blur(motion: str) -> None:
+    blur = {}
+    for speed in (0.5, 1.5):
+        cfg = SynthConfig(frames=6, width=80, height=60, subframes=1, supersample=1, dynamic=True,
+                          object_motion=motion, object_speed=speed, seed=1, shake=0.0)
+        frames = [f for f in generate(cfg).frames if f.mask.any()]
+        assert frames, f"{motion}: the box should be in view"
+        blur[speed] = np.mean([f.object_blur_px for f in frames])
+    assert blur[1.5] > 1.5 * blur[0.5]  # the camera moves too: its share does not scale
+
+
+def test_bad_object_settings_are_refused() -> None:
+    for bad in ({"objects": 0}, {"objects": 4}, {"object_motion": "orbit"}, {"object_size": 3.0},
+                {"object_speed": -1.0}):
+        with pytest.raises(ValueError):
+            SynthConfig(dynamic=True, **bad)
+
+
 def test_cli_run_writes_and_refuses_non_empty_output(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     synth.add_arguments(parser)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
-__all__ = ["cell", "table"]
+__all__ = ["cell", "table", "last_row", "select", "finish"]
 
 
 def cell(value: Any, fmt: str, missing: str = "-") -> str:
@@ -18,3 +20,28 @@ def cell(value: Any, fmt: str, missing: str = "-") -> str:
 def table(head: str, rows: Iterable[str]) -> str:
     """``head`` (``| a | b |``), its separator row and ``rows``, one table."""
     return "\n".join([head, "|---" * (head.count("|") - 1) + "|", *rows])
+
+
+def last_row(rows: list[dict[str, Any]], fmt: Callable[[list[dict[str, Any]]], str]) -> str:
+    """The table line of ``rows[-1]`` (printed as each run finishes)."""
+    return fmt(rows[-1:]).splitlines()[-1]
+
+
+def select(csv: str, known: Iterable[str], kind: str) -> list[str]:
+    """The comma-separated names of ``csv``; SystemExit naming any not in ``known`` (before any work)."""
+    known = list(known)
+    names = [n.strip() for n in csv.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {kind}(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    return names
+
+
+def finish(rows: list[dict[str, Any]], fmt: Callable[[list[dict[str, Any]]], str], json_path: Path | None) -> int:
+    """Print the whole table of ``rows`` (after a blank line), write them as JSON to ``json_path``
+    if given; returns the exit code 0."""
+    print()
+    print(fmt(rows))
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=2))
+    return 0

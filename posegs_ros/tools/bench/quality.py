@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._markdown import cell, table
+from ._markdown import cell, finish, last_row, select, table
 
 VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     # name -> (config overrides, use the sharp twin sequence)
@@ -66,10 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..replay import config_from_args, replay
     from ..synth import SynthConfig, generate, write
 
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s): {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    names = select(args.variants, VARIANTS, "variant")
     with tempfile.TemporaryDirectory(prefix="posegs-quality-") as tmp:
         work = args.work or Path(tmp)
         bags: dict[bool, Path] = {}
@@ -85,11 +82,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"running '{name}' ...", flush=True)
             result = replay(bags[sharp], work / name.replace(" ", "_").replace(",", ""), cfg, force=True, progress=False)
             rows.append(_row(name, result))
-    print()
-    print(format_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 0
+    return finish(rows, format_table, args.json)
 
 
 def _row(name: str, result: Any) -> dict[str, Any]:
@@ -127,12 +120,9 @@ def run_suite(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..replay import config_from_args, replay
-    from ..synth import SynthConfig, generate, write
+    from ..synth import SynthConfig, generated
 
-    names = [n.strip() for n in args.sequences.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SUITE]
-    if unknown:
-        raise SystemExit(f"unknown sequence(s): {', '.join(unknown)}; known: {', '.join(SUITE)}")
+    names = select(args.sequences, SUITE, "sequence")
     cfg = config_from_args(args)
     rows = []
     with tempfile.TemporaryDirectory(prefix="posegs-suite-") as tmp:
@@ -142,21 +132,15 @@ def run_suite(args: argparse.Namespace) -> int:
             slug = name.replace(" ", "_")
             runs = {}
             for twin in (False,) if args.no_ceiling else (False, True):
-                seq_dir = work / f"{slug}{'_sharp' if twin else ''}"
-                if not (seq_dir / "meta.json").exists():
-                    seq = generate(dataclasses.replace(synth, exposure=0.0) if twin else synth)
-                    write(seq, seq_dir, force=True)
+                seq_dir = generated(dataclasses.replace(synth, exposure=0.0) if twin else synth,
+                                    work / f"{slug}{'_sharp' if twin else ''}")
                 print(f"running '{name}'{' (sharp twin)' if twin else ''} ...", flush=True)
                 runs[twin] = replay(seq_dir / "bag", work / f"run_{slug}{'_sharp' if twin else ''}", cfg, force=True,
                                     progress=False)
             blur = json.loads((work / slug / "meta.json").read_text()).get("blur_px_mean", float("nan"))
             rows.append(_suite_row(name, runs[False], runs.get(True), blur_px=blur))
-            print(format_suite_table(rows[-1:]).splitlines()[-1], flush=True)
-    print()
-    print(format_suite_table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 0
+            print(last_row(rows, format_suite_table), flush=True)
+    return finish(rows, format_suite_table, args.json)
 
 
 def _suite_row(name: str, blurred: Any, sharp: Any | None, blur_px: float) -> dict[str, Any]:

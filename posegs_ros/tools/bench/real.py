@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._markdown import cell, table
+from ._markdown import cell, finish, last_row, table
 
 __all__ = ["parse_windows", "window_row", "format_table", "add_arguments", "run"]
 
@@ -166,9 +166,5 @@ def run(args: argparse.Namespace) -> int:
                       f"see {work / f'{name}.log'}", file=sys.stderr)
                 return 1
             rows.append(window_row(start, count, out, wall, rss))
-            print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-        print()
-        print(format_table(rows))
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=2))
-    return 0
+            print(last_row(rows, format_table), flush=True)
+        return finish(rows, format_table, args.json)

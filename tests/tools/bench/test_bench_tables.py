@@ -49,6 +49,27 @@ def test_dynamic_table_marks_missing_mask_numbers() -> None:
     assert "| – | – | 0 |" in bench_dynamic.format_table([row])
 
 
+def test_dynamic_suite_variants_targets_and_table() -> None:
+    args = _parse(bench_dynamic, "--suite")
+    assert args.suite and [v.strip() for v in args.variants.split(",")] == list(bench_dynamic.SUITE)
+    assert len(bench_dynamic.SUITE) >= 5
+    assert any(v.get("objects", 1) >= 2 for v in bench_dynamic.SUITE.values())
+    assert {v.get("object_motion", "swing") for v in bench_dynamic.SUITE.values()} == {"swing", "slide", "spin"}
+    with pytest.raises(SystemExit, match="unknown variant"):
+        bench_dynamic.run(_parse(bench_dynamic, "--suite", "--variants", "swing,nope"))
+    row = {"variant": "large fast slide", "object_area": 0.21, "object_blur_px": 11.4, "object_frames": 41,
+           "frames": 60, "ate_cm": 0.5, "ate_online_cm": 0.9, "ate_no_objects_cm": 0.2, "iou": 0.71,
+           "psnr_in_mask": 24.0, "psnr_input_in_mask": 20.0, "psnr": 27.0, "psnr_input": 25.0, "groups_spawned": 1,
+           "seconds": 900.0}
+    row["targets_met"] = met = bench_dynamic.suite_targets_met(row)
+    assert met == {"ate": False, "iou": True, "psnr_in_object": True, "psnr": False}
+    line = bench_dynamic.format_suite_table([row]).splitlines()[-1]
+    assert line == ("| large fast slide | 21 % / 11.4 / 41 of 60 | 0.50 ✗ / 0.90 | 0.20 | 0.710 | 24.00 / 20.00 "
+                    "| 27.00 ✗ / 25.00 | 1 | 900 |")
+    no_mask = {**row, "iou": None, "psnr_in_mask": None}
+    assert not any(bench_dynamic.suite_targets_met(no_mask)[k] for k in ("iou", "psnr_in_object"))
+
+
 def test_pipeline_defaults_are_the_default_sequence() -> None:
     args = _parse(bench_pipeline)
     assert (args.frames, args.width, args.height, args.profile) == (60, 320, 240, False)
