@@ -53,7 +53,7 @@ from ..geometry import se3_log
 
 __all__ = [
     "MotionGroup", "GroupObservation", "MotionGroups", "GroupTrack", "track_group", "exclusion_margin", "MapAccess",
-    "DirectMapAccess",
+    "DirectMapAccess", "touches_border",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class MotionGroup:
     twist: np.ndarray = field(default_factory=lambda: np.zeros(6))  # [6] exposure twist (group frame)
     frames: int = 0
     depth: float = float("nan")  # depth its Gaussians were spawned at (first view)
+    at_border: bool = False  # its last mask reached the image border (it may be leaving the view)
+    parked: int = 0  # frames since it left the view (0: in view); parked groups coast, then stop
 
 
 @dataclass
@@ -110,6 +112,24 @@ class DirectMapAccess:
 
 
 EXCLUSION_MARGIN_PX = 4  # about half a moving object's blur plus the flow's smear around it
+BORDER_PX = 3  # a mask this close to the image border may belong to an object leaving the view
+COAST_FRAMES = 10  # a group that left the view keeps its velocity this many frames, then stops
+
+
+def touches_border(mask: np.ndarray, px: int = BORDER_PX) -> bool:
+    """Whether ``mask`` ``[H, W]`` bool has pixels within ``px`` of the image border."""
+    return bool(mask[:px].any() or mask[-px:].any() or mask[:, :px].any() or mask[:, -px:].any())
+
+
+def leaving_margin(mask: np.ndarray, flow: np.ndarray) -> int:
+    """Border distance (pixels) within which a moving region may be leaving the view: two of
+    its frame-to-frame displacements (median ``flow`` ``[H, W, 2]`` over ``mask``) plus
+    :data:`BORDER_PX` -- detection loses an object before its last pixels reach the border,
+    as pixels whose flow leaves the image are not compared."""
+    f = flow[mask]
+    f = f[np.isfinite(f).all(axis=1)]
+    step = float(np.median(np.linalg.norm(f, axis=1))) if len(f) else 0.0
+    return BORDER_PX + int(np.ceil(2.0 * step))
 
 
 def exclusion_margin(mask: np.ndarray, px: int = EXCLUSION_MARGIN_PX) -> np.ndarray:
@@ -291,7 +311,7 @@ class MotionGroups:
             grp = linked.get(region.id)
             depth_move = depth_prev
             if grp is None:
-                if len(self.groups) >= self.cfg.dynamic.max_groups:
+                if sum(not g.parked for g in self.groups.values()) >= self.cfg.dynamic.max_groups:
                     continue
                 grp = self._spawn(region.mask, image_prev, pose_prev, depth_prev, intrinsics, world)
                 if grp is None:
@@ -306,10 +326,22 @@ class MotionGroups:
             else:
                 self._move(grp, region.mask, depth_move, flow, k, pose_prev, pose, scene_scale, exposure_ratio)
             mask |= warp_mask(region.mask, flow)
-        # groups whose region vanished keep moving at constant velocity for the segmenter's grace
+            if region.observed:  # (a missed region's mask is only its prediction)
+                grp.at_border = touches_border(region.mask, leaving_margin(region.mask, flow))
+        # groups whose region vanished keep moving at constant velocity for the segmenter's grace;
+        # then one last seen at the image border left the view: it is parked (coasts out of view,
+        # then stops, its Gaussians kept for the frames that saw it), any other merges back
         live = {r.id for r in regions}
         for g, grp in list(self.groups.items()):
-            if grp.region_id not in live:
+            if grp.parked:
+                grp.parked += 1
+                self._moved_to(grp, (grp.step if grp.parked <= COAST_FRAMES else np.eye(4)) @ grp.pose,
+                               exposure_ratio, None)
+            elif grp.region_id not in live and grp.at_border:
+                grp.parked, grp.region_id = 1, -1
+                self.history.drop(g)
+                log.info("motion group %d left the view: parked (kept out of the static map)", g)
+            elif grp.region_id not in live:
                 self._merge(g, world, reason="its region disappeared")
                 obs.merged.append(g)
             elif self.history.should_merge(g, scene_scale):

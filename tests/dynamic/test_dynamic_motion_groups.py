@@ -172,17 +172,18 @@ def test_final_refinement_carries_a_group_to_the_frames_before_its_detection(mov
 
 
 def _observe_sequence(synth_kwargs: dict, frames: int, seed: int) -> tuple:
-    """Motion groups (defaults, groups on) fed a sequence with its GT poses and depth."""
+    """Motion groups (defaults, groups on) fed a sequence with its GT poses and depth:
+    (sequence, config, observations, the map)."""
     from posegs_ros.tools.synth import SynthConfig, generate
 
     seq = generate(SynthConfig(seed=seed, frames=frames, width=160, height=120, **synth_kwargs))
     cfg = apply_flat(PosegsConfig(), {"dynamic.enabled": True})
-    groups = MotionGroups(cfg, DenseFlow())
-    return seq, cfg, feed(groups, seq, GaussianMap(0, 50_000), seq.frames)
+    groups, gmap = MotionGroups(cfg, DenseFlow()), GaussianMap(0, 50_000)
+    return seq, cfg, feed(groups, seq, gmap, seq.frames), gmap
 
 
 def test_a_large_fast_box_entering_the_view_is_detected_within_a_few_frames() -> None:
-    seq, cfg, obs = _observe_sequence(
+    seq, cfg, obs, _ = _observe_sequence(
         {"dynamic": True, "object_motion": "slide", "object_size": 0.7, "object_speed": 1.4}, 16, seed=0)
     seen = [i for i, f in enumerate(seq.frames) if f.mask.any()]
     spawned = [i for i, o in enumerate(obs) if o.spawned]
@@ -193,12 +194,35 @@ def test_a_large_fast_box_entering_the_view_is_detected_within_a_few_frames() ->
 
 
 def test_two_boxes_get_two_groups() -> None:
-    _, _, obs = _observe_sequence({"dynamic": True, "object_motion": "slide", "objects": 2}, 10, seed=1)
+    _, _, obs, _ = _observe_sequence({"dynamic": True, "object_motion": "slide", "objects": 2}, 10, seed=1)
     spawned = [g for o in obs for g in o.spawned]
     assert len(set(spawned)) == 2
     assert max(len(o.poses) for o in obs) == 2  # both at once
 
 
 def test_a_static_scene_spawns_no_group() -> None:
-    _, _, obs = _observe_sequence({}, 20, seed=0)
+    _, _, obs, _ = _observe_sequence({}, 20, seed=0)
     assert not any(o.spawned for o in obs) and all(o.mask is None for o in obs)
+
+
+def test_a_box_that_leaves_the_view_is_parked_not_merged_into_the_static_map() -> None:
+    from posegs_ros.dynamic.motion_groups import touches_border
+
+    seq, _, obs, gmap = _observe_sequence(
+        {"dynamic": True, "object_motion": "slide", "object_size": 0.7, "object_speed": 1.4}, 40, seed=0)
+    seen = [i for i, f in enumerate(seq.frames) if f.mask.any()]
+    assert seen[-1] < 36 and touches_border(seq.frames[seen[-1]].mask)  # it slides out of the view
+    spawned = [g for o in obs for g in o.spawned]
+    assert spawned and not any(o.merged for o in obs)  # never baked into the static map ...
+    last = obs[-1]
+    assert spawned[0] in last.poses and last.mask is None  # ... but kept, out of the view
+    g = spawned[0]
+    assert (gmap.group_ids == g).sum() > 50  # its Gaussians stay in its group
+    means = gmap.means.detach().double().numpy()[gmap.group_ids.numpy() == g]
+    k = seq.intrinsics.numpy()
+    for f, o in zip(seq.frames[seen[-1] + 3:], obs[seen[-1] + 3:]):  # where they went: outside the image
+        m = o.poses[g]
+        x = (means @ m[:3, :3].T + m[:3, 3] - f.pose[:3, 3]) @ f.pose[:3, :3]
+        u, v = (k @ (x / x[:, 2:3]).T)[:2]
+        inside = (x[:, 2] > 0) & (u >= 0) & (u < seq.intrinsics.width) & (v >= 0) & (v < seq.intrinsics.height)
+        assert inside.mean() < 0.05

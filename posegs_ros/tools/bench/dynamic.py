@@ -132,20 +132,43 @@ def run_suite(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="posegs-dynamic-suite-") as tmp:
         work = args.work or Path(tmp)
         static_dir = generated(SynthConfig(seed=args.seed, frames=args.frames), work / "no_objects")
-        print("running the camera path without objects ...", flush=True)
-        static = replay(static_dir / "bag", work / "run_no_objects", cfg, force=True, progress=False)
+        ate_no_objects = _finished_ate(work / "run_no_objects", cfg)
+        if ate_no_objects is None:
+            print("running the camera path without objects ...", flush=True)
+            static = replay(static_dir / "bag", work / "run_no_objects", cfg, force=True, progress=False)
+            ate_no_objects = static.evaluation.trajectory.ate_rmse_sim3
+        else:
+            print("the camera path without objects: reusing the finished run in --work (same configuration)")
         for name in names:
             slug = name.replace(" ", "_")
             seq_dir = generated(SynthConfig(seed=args.seed, frames=args.frames, dynamic=True, **SUITE[name]),
                                 work / slug)
             print(f"running '{name}' ...", flush=True)
             result = replay(seq_dir / "bag", work / f"run_{slug}", cfg, force=True, progress=False)
-            rows.append(_suite_row(name, result, seq_dir, static))
+            rows.append(_suite_row(name, result, seq_dir, ate_no_objects))
             print(last_row(rows, format_suite_table), flush=True)
     return finish(rows, format_suite_table, args.json)
 
 
-def _suite_row(name: str, result: Any, data: Path, static: Any) -> dict[str, Any]:
+def _finished_ate(out: Path, cfg: Any) -> float | None:
+    """ATE (m) of a finished replay in ``out`` made with configuration ``cfg``, else None.
+
+    The sequence it replayed was regenerated only if its config changed (:func:`generated`),
+    which rewrites the replay's input; a replay older than its sequence is not reused.
+    """
+    from ...config import config_to_dict
+
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+        ate = json.loads((out / "eval.json").read_text())["trajectory"]["ate_rmse_sim3"]
+        fresh = (out / "eval.json").stat().st_mtime >= (Path(metrics["bag"]).parent / "meta.json").stat().st_mtime
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    same = metrics.get("config") == json.loads(json.dumps(config_to_dict(cfg)))
+    return float(ate) if same and fresh else None
+
+
+def _suite_row(name: str, result: Any, data: Path, ate_no_objects: float) -> dict[str, Any]:
     from ..evaluate import masked_psnr
 
     row = _row(name, result, data)
@@ -158,7 +181,7 @@ def _suite_row(name: str, result: Any, data: Path, static: Any) -> dict[str, Any
         "object_blur_px": meta["object_blur_px_mean"],
         "object_frames": meta["object_frames_seen"],
         "frames": len(meta["blur_px"]),
-        "ate_no_objects_cm": 100 * static.evaluation.trajectory.ate_rmse_sim3,
+        "ate_no_objects_cm": 100 * ate_no_objects,
         "seconds": summary["seconds"] + summary["final_refinement_seconds"] + summary.get("final_render_seconds", 0.0),
     })
     row["targets_met"] = suite_targets_met(row)

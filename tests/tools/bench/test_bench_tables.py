@@ -97,3 +97,24 @@ def test_presets_are_offered_by_every_bench_and_override_order() -> None:
         assert _parse(module, "--preset", "fast").preset == "fast"
     cfg = config_from_args(_parse(bench_quality, "--preset", "fast", "--set", "blur.subframes=6"))
     assert cfg.preset == "fast" and cfg.blur.subframes == 6
+
+
+def test_dynamic_suite_reuses_a_finished_run_only_with_the_same_configuration(tmp_path) -> None:  # noqa: ANN001
+    import json
+    import os
+
+    from posegs_ros.config import PosegsConfig, apply_flat, config_to_dict
+
+    cfg = apply_flat(PosegsConfig(), {"dynamic.enabled": True})
+    seq, out = tmp_path / "no_objects", tmp_path / "run_no_objects"
+    (seq / "bag").mkdir(parents=True)
+    out.mkdir()
+    (seq / "meta.json").write_text("{}")
+    assert bench_dynamic._finished_ate(out, cfg) is None  # nothing finished yet
+    (out / "metrics.json").write_text(json.dumps({"bag": str(seq / "bag"), "config": config_to_dict(cfg)}))
+    (out / "eval.json").write_text(json.dumps({"trajectory": {"ate_rmse_sim3": 0.0019}}))
+    assert bench_dynamic._finished_ate(out, cfg) == 0.0019
+    assert bench_dynamic._finished_ate(out, PosegsConfig()) is None  # another configuration
+    later = (out / "eval.json").stat().st_mtime + 10
+    os.utime(seq / "meta.json", (later, later))  # the sequence was regenerated after the run
+    assert bench_dynamic._finished_ate(out, cfg) is None
