@@ -491,7 +491,8 @@ def generate(cfg: SynthConfig = SynthConfig(), progress: bool = False) -> SynthS
 
     for i in iterator:
         t = i / cfg.fps
-        mid = scene.render(intrinsics, camera_path.pose(t), object_at(t), cfg.supersample, with_depth=True)
+        objects_mid = object_at(t)
+        mid = scene.render(intrinsics, camera_path.pose(t), objects_mid, cfg.supersample, with_depth=True)
         sub_poses = np.stack([camera_path.pose(t + s * cfg.exposure) for s in offsets])
         accumulated = np.zeros_like(mid.rgb, dtype=np.float64)
         for s, pose in zip(offsets, sub_poses):
@@ -502,11 +503,10 @@ def generate(cfg: SynthConfig = SynthConfig(), progress: bool = False) -> SynthS
         blurred = accumulated / cfg.subframes
         dense_poses = np.stack([camera_path.pose(t + s * cfg.exposure) for s in dense])
         dense_objects = np.stack([object_at(t + s * cfg.exposure) for s in dense]) if paths else None
-        blur = _blur_extent(intrinsics, mid.depth, mid.body, camera_path.pose(t), dense_poses, object_at(t),
+        blur = _blur_extent(intrinsics, mid.depth, mid.body, camera_path.pose(t), dense_poses, objects_mid,
                             dense_objects)
-        object_blur = (_blur_extent(intrinsics, mid.depth, mid.body, camera_path.pose(t), dense_poses, object_at(t),
+        object_blur = (_blur_extent(intrinsics, mid.depth, mid.body, camera_path.pose(t), dense_poses, objects_mid,
                                     dense_objects, stride=1, moving_only=True) if paths else None)
-        objects_mid = object_at(t)
         frames.append(SynthFrame(
             index=i, stamp=cfg.start_time + t, pose=camera_path.pose(t), blurred=_to_uint8(blurred),
             sharp=_to_uint8(mid.rgb), depth=mid.depth, blur_px=blur, subframe_poses=sub_poses,

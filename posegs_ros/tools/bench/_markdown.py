@@ -1,4 +1,5 @@
-"""Markdown tables of the benchmarks (the README's result tables are pasted from them)."""
+"""Shared pieces of the benchmarks: Markdown tables (the README's result tables are pasted from
+them), run selection, printing and JSON of the rows, a replay's end-to-end seconds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["cell", "table", "last_row", "select", "finish"]
+__all__ = ["cell", "table", "last_row", "select", "finish", "replay_seconds"]
 
 
 def cell(value: Any, fmt: str, missing: str = "-") -> str:
@@ -45,3 +46,9 @@ def finish(rows: list[dict[str, Any]], fmt: Callable[[list[dict[str, Any]]], str
     if json_path:
         json_path.write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def replay_seconds(summary: dict[str, Any]) -> float:
+    """End-to-end seconds of a replay from its ``metrics.json`` summary: online processing,
+    final refinement and the final renders."""
+    return summary["seconds"] + summary["final_refinement_seconds"] + summary.get("final_render_seconds", 0.0)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._markdown import cell, finish, last_row, select, table
+from ._markdown import cell, finish, last_row, replay_seconds, select, table
 
 # name -> posegs synth settings (SynthConfig fields, dynamic=True) of the suite's variants
 SUITE: dict[str, dict[str, Any]] = {
@@ -182,7 +182,7 @@ def _suite_row(name: str, result: Any, data: Path, ate_no_objects: float) -> dic
         "object_frames": meta["object_frames_seen"],
         "frames": len(meta["blur_px"]),
         "ate_no_objects_cm": 100 * ate_no_objects,
-        "seconds": summary["seconds"] + summary["final_refinement_seconds"] + summary.get("final_render_seconds", 0.0),
+        "seconds": replay_seconds(summary),
     })
     row["targets_met"] = suite_targets_met(row)
     return row

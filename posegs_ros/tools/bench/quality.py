@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._markdown import cell, finish, last_row, select, table
+from ._markdown import cell, finish, last_row, replay_seconds, select, table
 
 VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     # name -> (config overrides, use the sharp twin sequence)
@@ -154,9 +154,8 @@ def _suite_row(name: str, blurred: Any, sharp: Any | None, blur_px: float) -> di
         "psnr_ceiling": sharp.evaluation.deblurred.psnr_mean if sharp is not None else float("nan"),
         "ssim_ceiling": sharp.evaluation.deblurred.ssim_mean if sharp is not None else float("nan"),
         "ate_sharp_cm": 100 * sharp.evaluation.trajectory.ate_rmse_sim3 if sharp is not None else float("nan"),
-        "seconds": summary["seconds"] + summary["final_refinement_seconds"] + summary.get("final_render_seconds", 0.0),
-        "seconds_per_frame": (summary["seconds"] + summary["final_refinement_seconds"]
-                              + summary.get("final_render_seconds", 0.0)) / max(summary["frames_processed"], 1),
+        "seconds": replay_seconds(summary),
+        "seconds_per_frame": replay_seconds(summary) / max(summary["frames_processed"], 1),
     })
     return row
 
