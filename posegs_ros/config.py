@@ -75,6 +75,9 @@ class InitConfig:
     baseline: float = _f(0.1, "length given to the first baseline (map units): fixes the arbitrary monocular scale")
     seed_points: int = _f(8000, "Gaussians seeded from triangulated + interpolated depth")
     mapping_rounds: int = _f(2, "mapping rounds (three stages each) on the two initial keyframes")
+    moving_region_px: int = _f(
+        150, "smallest region of either initialization frame whose flow no static scene explains (forward-backward "
+        "inconsistent, or off its epipolar line) that is left out of the first keyframes' loss as moving (0 = off)")
 
 
 @dataclass
@@ -90,6 +93,10 @@ class TrackingConfig:
                           "large after dropped frames or a jerk, small in steady tracking")
     gn_iterations: int = _f(4, "Gauss-Newton iterations on reprojection + photometric residuals")
     huber_px: float = _f(1.5, "Huber threshold of reprojection residuals (pixels)")
+    outlier_px: float = _f(
+        4.0, "after a first solve, flow samples reprojecting farther than this (pixels; or 3 robust sigmas if more) "
+        "are dropped and the pose solved again from the rest when they are over a twentieth of the samples: an "
+        "unmodelled moving object is a coherent outlier Huber only down-weights (0 = off)")
     match_brightness: bool = _f(True, "scale the render's grey level to the frame's (ratio of their means over the "
                                 "pixels the map covers) before flow: auto-exposure changes do not disturb the flow")
     photometric_weight: float = _f(0.01, "weight of photometric residuals relative to geometric ones")
@@ -188,6 +195,12 @@ class DynamicConfig:
 
     enabled: bool = _f(False, "detect moving objects and give them their own motion groups")
     flow_threshold_px: float = _f(1.5, "flow disagreement with the camera-induced flow marking a pixel dynamic (pixels)")
+    depth_slack: float = _f(
+        2.0, "factor by which the map's depth may be off before a pixel's flow counts as motion: a static surface "
+        "mapped too near or too far moves along its epipolar line, within this factor of its rendered depth")
+    min_boundary_contrast: float = _f(
+        3.0, "a new region spawns a group only if its flow residual is this many times the residual just outside "
+        "it (a separate moving body; a wrong camera pose or rolling shutter leaves a smooth residual field)")
     min_region_px: int = _f(150, "smallest connected region that spawns or extends a motion group")
     persistence: int = _f(2, "frames a region must persist before it becomes a group")
     merge_motion: float = _f(0.005, "groups moving less than this per frame (translation / scene depth + radians) merge back")

@@ -415,6 +415,13 @@ class Reconstructor:
         twist = initial_twist(np.eye(4), pose_b, ratio)
         kf0 = self._make_keyframe(first, np.eye(4), twist, fixed=True)
         kf1 = self._make_keyframe(second, pose_b, twist)
+        # what moved between the two frames stays out of the first keyframes' loss (a fast object
+        # entering would otherwise be fitted as static before any motion group could exist)
+        for kf, moving in ((kf0, two_view.moving_first), (kf1, two_view.moving_second)):
+            if moving is not None:
+                kf.unexplained = torch.from_numpy(moving)
+                log.info("initialization: %.1f %% of frame %d moved on its own: left out of the first map",
+                         100.0 * moving.mean(), kf.frame_index)
         if cfg.mapping.affine_exposure:  # the second view's exposure relative to the first's (the map's gauge)
             kf1.exposure[0] = math.log(max(float(second.image.mean()), 1.0) / max(float(first.image.mean()), 1.0))
         h, w = first.image.shape[:2]

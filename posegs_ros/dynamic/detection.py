@@ -4,8 +4,10 @@ Everything here works on numpy arrays (no ROS, no rendering):
 
 1. :func:`camera_induced_flow` -- the flow a *static* scene would show between two camera poses,
    given the depth of the first view;
-2. :func:`flow_disagreement` -- pixels whose observed flow disagrees with it (robust threshold,
-   morphological opening);
+2. :func:`static_flow_bounds` / :func:`closest_static_flow` -- the flows a static point could
+   show if the map's depth were off by up to a factor (its epipolar segment), and the one nearest
+   the observation; :func:`flow_disagreement` -- pixels whose observed flow disagrees with it
+   (robust threshold, morphological opening);
 3. :class:`MotionSegmenter` -- connected candidate regions, associated across frames (previous
    masks warped with the frame-to-frame flow), confirmed after ``persistence`` frames;
 4. :func:`object_motion` / :func:`motion_from_region_flow` -- the object's SE(3) motion from
@@ -33,12 +35,15 @@ import cv2
 import numpy as np
 
 from ..config import DynamicConfig
-from ..tracking.flow import to_gray
+from ..tracking.flow import texture_mask
 from ..tracking.pose_solver import damped_step, huber_cost, huber_weights, project_points, solve_pose
 
 __all__ = [
     "camera_induced_flow",
     "flow_disagreement",
+    "static_flow_bounds",
+    "closest_static_flow",
+    "boundary_contrast",
     "robust_flow_threshold",
     "flow_target_inside",
     "texture_mask",
@@ -83,26 +88,78 @@ def camera_induced_flow(
         ``flow[v, u] = (u', v') - (u, v)`` where ``(u', v')`` is the projection in the ``to``
         view of the point seen at ``(u, v)``; NaN where depth is unknown or the point is behind.
     """
-    depth = np.asarray(depth, dtype=np.float64)
+    return _static_flows([depth], k, pose_from, pose_to, near)[0]
+
+
+def _static_flows(depths: list[np.ndarray], k: np.ndarray, pose_from: np.ndarray, pose_to: np.ndarray,
+                  near: float = 1e-6) -> list[np.ndarray]:
+    """:func:`camera_induced_flow` for several ``[H, W]`` depth maps of the same view: the
+    rotated pixel rays are shared (a point at depth ``z`` is ``z * R @ ray + t`` in the ``to`` camera)."""
     k = np.asarray(k, dtype=np.float64)
-    h, w = depth.shape
-    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
-    ok = np.isfinite(depth) & (depth > 0)
-    z = np.where(ok, depth, 1.0)
-    cam = np.stack([(u - k[0, 2]) / k[0, 0] * z, (v - k[1, 2]) / k[1, 1] * z, z], axis=-1)  # [H, W, 3]
+    h, w = np.shape(depths[0])
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
     rel = np.linalg.inv(np.asarray(pose_to, dtype=np.float64)) @ np.asarray(pose_from, dtype=np.float64)
-    x = cam @ rel[:3, :3].T + rel[:3, 3]
-    z2 = x[..., 2]
-    ok &= z2 > near
-    z2 = np.where(ok, z2, 1.0)
-    flow = np.stack([k[0, 0] * x[..., 0] / z2 + k[0, 2] - u, k[1, 1] * x[..., 1] / z2 + k[1, 2] - v], axis=-1)
-    flow[~ok] = np.nan
-    return flow.astype(np.float32)
+    r, t = rel[:3, :3], rel[:3, 3]
+    xn, yn = (u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1]
+    rays = [np.float32(r[i, 0]) * xn + np.float32(r[i, 1]) * yn + np.float32(r[i, 2]) for i in range(3)]
+    out = []
+    for depth in depths:
+        depth = np.asarray(depth, dtype=np.float32)
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(depth) & (depth > 0)
+        z = np.where(ok, depth, np.float32(1.0))
+        x, y, z2 = (rays[i] * z + np.float32(t[i]) for i in range(3))
+        ok &= z2 > near
+        inv = np.float32(1.0) / np.where(ok, z2, np.float32(1.0))
+        flow = np.stack([k[0, 0] * x * inv + k[0, 2] - u, k[1, 1] * y * inv + k[1, 2] - v], axis=-1).astype(np.float32)
+        flow[~ok] = np.nan
+        out.append(flow)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # 2. flow disagreement
 # --------------------------------------------------------------------------------------------
+
+
+def static_flow_bounds(
+    depth: np.ndarray, k: np.ndarray, pose_from: np.ndarray, pose_to: np.ndarray, depth_slack: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flows ``[H, W, 2]`` of a static point seen at depth ``depth * depth_slack`` (far) and
+    ``depth / depth_slack`` (near): the ends of the epipolar segment a static scene point can
+    move along when the map's depth is wrong by up to that factor.
+
+    Between two views a static point at inverse depth ``1/z`` lands on a straight segment of the
+    destination image parametrised by ``1/z`` (the projective image of its viewing ray), so every
+    depth in ``[depth / slack, depth * slack]`` gives a flow on the segment between the two.
+    ``depth_slack = 1`` gives :func:`camera_induced_flow` twice.
+    """
+    if depth_slack < 1.0:
+        raise ValueError(f"depth_slack must be >= 1, got {depth_slack}")
+    depth = np.asarray(depth, dtype=np.float32)
+    far, near = _static_flows([depth * np.float32(depth_slack), depth / np.float32(depth_slack)], k, pose_from, pose_to)
+    return far, near
+
+
+def closest_static_flow(observed: np.ndarray, far: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """Per pixel, the flow on the segment ``far -> near`` ``[H, W, 2]`` closest to ``observed``.
+
+    With the bounds of :func:`static_flow_bounds` this is the static explanation of the
+    observation that needs the smallest depth correction within the slack: a static surface the
+    map puts at a somewhat wrong depth moves along its epipolar line and is explained; an object
+    moving across that line, or along it by more than the slack allows (including the wrong way,
+    as no positive depth could), keeps a residual. Where one end is NaN (its point behind the
+    destination camera) the other end alone is used.
+    """
+    far = np.where(np.isfinite(far), far, near).astype(np.float32)
+    near = np.where(np.isfinite(near), near, far)
+    seg_u, seg_v = near[..., 0] - far[..., 0], near[..., 1] - far[..., 1]
+    length2 = seg_u * seg_u + seg_v * seg_v
+    observed = np.asarray(observed, np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = ((observed[..., 0] - far[..., 0]) * seg_u + (observed[..., 1] - far[..., 1]) * seg_v) / length2
+    t = np.clip(np.where((length2 > 1e-12) & np.isfinite(t), t, 0.0), 0.0, 1.0)
+    return np.stack([far[..., 0] + t * seg_u, far[..., 1] + t * seg_v], -1).astype(np.float32)
 
 
 def robust_flow_threshold(residual_norm: np.ndarray, threshold_px: float, k_sigma: float = 3.0) -> float:
@@ -192,15 +249,29 @@ def flow_disagreement(
     return cand
 
 
-def texture_mask(image: np.ndarray, min_eigen: float = 1e-4, block: int = 9) -> np.ndarray:
-    """``[H, W]`` bool: pixels whose ``block`` x ``block`` structure tensor (grey in [0, 1]) has a
-    smallest eigenvalue above ``min_eigen`` -- where dense flow is constrained in both directions.
+def boundary_contrast(residual: np.ndarray, region: np.ndarray, valid: np.ndarray, inner_px: int = 4,
+                      outer_px: int = 10) -> float:
+    """How sharply the flow residual ``[H, W]`` drops at the border of ``region`` ``[H, W]`` bool:
+    median residual inside over the median in a ring ``inner_px``..``outer_px`` outside it
+    (``valid`` pixels only; ``inf`` when the ring is empty, 0 when the region has no valid pixel).
 
-    ``image``: ``[H, W, 3]`` RGB or ``[H, W]`` grey (uint8 or float in [0, 1]).  With the defaults
-    about a third of the astronaut photo at 256x192 counts as blank.
+    A body moving on its own is a separate surface: its residual stops at its silhouette (the
+    ring sits on the static background; ``inner_px`` skips dense flow's halo). What a wrong
+    camera pose, rolling shutter or a smooth depth error leave is a residual *field* that fades
+    across the image; where it crosses the threshold it forms regions too, but with about as
+    much residual just outside (a contrast near 1-2) as inside.
     """
-    grey = to_gray(image).astype(np.float32) / 255.0
-    return cv2.cornerMinEigenVal(grey, block, 3) > min_eigen
+    inside = region & valid & np.isfinite(residual)
+    if not inside.any():
+        return 0.0
+
+    def grown(r: int) -> np.ndarray:
+        return cv2.dilate(region.astype(np.uint8), np.ones((2 * r + 1, 2 * r + 1), np.uint8)).astype(bool)
+
+    ring = grown(outer_px) & ~grown(inner_px) & valid & np.isfinite(residual)
+    if not ring.any():
+        return float("inf")
+    return float(np.median(residual[inside]) / max(float(np.median(residual[ring])), 1e-3))
 
 
 def flow_target_inside(flow: np.ndarray, margin_px: float = 2.0) -> np.ndarray:

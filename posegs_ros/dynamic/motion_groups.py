@@ -7,9 +7,13 @@ the group's own frame (the map frame at the moment the group was spawned) and re
 Per tracked frame (after the camera pose is solved):
 
 1. frame-to-frame flow ``prev -> curr`` is compared with the flow the camera motion alone would
-   cause through the rendered depth (:func:`posegs_ros.dynamic.detection.flow_disagreement`);
+   cause through the rendered depth, give or take ``dynamic.depth_slack`` of depth error
+   (:func:`posegs_ros.dynamic.detection.closest_static_flow`,
+   :func:`posegs_ros.dynamic.detection.flow_disagreement`);
 2. candidate pixels persist as regions (:class:`posegs_ros.dynamic.detection.MotionSegmenter`);
-3. a confirmed region without a group spawns one: Gaussians lifted from the previous frame with a
+3. a confirmed region without a group spawns one if its residual stops sharply at its border
+   (:func:`posegs_ros.dynamic.detection.boundary_contrast`; a smooth residual field is a camera or
+   depth error): Gaussians lifted from the previous frame with a
    depth filled from the region's surroundings (monocular: the only depth available for a
    new moving object), static Gaussians in front of the background inside the region (the object
    mapped as static before it was detected) are removed;
@@ -37,11 +41,14 @@ from .detection import (
     GroupMotionHistory,
     MotionSegmenter,
     camera_induced_flow,
+    closest_static_flow,
+    boundary_contrast,
     flow_disagreement,
     flow_target_inside,
     motion_from_flowed_pixels,
     motion_from_region_flow,
     region_depth_fill,
+    static_flow_bounds,
     texture_mask,
     warp_mask,
 )
@@ -297,7 +304,9 @@ class MotionGroups:
         flow = self.flow(image_prev, image)
         predicted = camera_induced_flow(depth_prev, k, pose_prev, pose)
         valid = flow_target_inside(predicted) & (alpha_prev > 0.7)
-        candidates = flow_disagreement(flow, predicted, self.cfg.dynamic.flow_threshold_px, valid=valid,
+        static = closest_static_flow(flow, *static_flow_bounds(depth_prev, k, pose_prev, pose, self.cfg.dynamic.depth_slack))
+        residual = np.linalg.norm(flow - static, axis=-1)
+        candidates = flow_disagreement(flow, static, self.cfg.dynamic.flow_threshold_px, valid=valid,
                                        textured=texture_mask(image_prev))
         regions = self.segmenter.update(candidates, self._last_flow)
         self._last_flow = flow
@@ -312,6 +321,11 @@ class MotionGroups:
             depth_move = depth_prev
             if grp is None:
                 if sum(not g.parked for g in self.groups.values()) >= self.cfg.dynamic.max_groups:
+                    continue
+                contrast = boundary_contrast(residual, region.mask, valid)
+                if contrast < self.cfg.dynamic.min_boundary_contrast:
+                    log.debug("region %d: residual contrast %.2f at its border: a smooth error field, no group",
+                              region.id, contrast)
                     continue
                 grp = self._spawn(region.mask, image_prev, pose_prev, depth_prev, intrinsics, world)
                 if grp is None:

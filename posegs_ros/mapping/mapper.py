@@ -316,11 +316,25 @@ class Mapper:
         scene = scene_tensors(self.gmap, detach=not gaussians)
         pred, _ = self._render_keyframe(kf, scene, pose_grad=pose)
         pred = kf.observed(pred)
-        mask = None if kf.dynamic_mask is None or kf.group_poses else ~kf.dynamic_mask
-        loss = photometric_loss(pred, kf.image, self.cfg.mapping.ssim_weight, mask)
+        excluded = kf.excluded()
+        loss = photometric_loss(pred, kf.image, self.cfg.mapping.ssim_weight, None if excluded is None else ~excluded)
         if not torch.isfinite(loss):
             return float("nan")
-        loss.backward()
+        camera = [p for p in (kf.delta, kf.twist_u, kf.exposure) if p.requires_grad] if pose else []
+        if camera and kf.group_poses and kf.dynamic_mask is not None and bool(kf.dynamic_mask.any()):
+            # the camera learns from static pixels only: a moving object's pixels move its own
+            # group (pose, twist, Gaussians), never the camera, however badly the group explains them
+            # (mask grown by 3 px; there the target is the render itself, so neither the L1 nor the
+            # SSIM windows see the object's pixels)
+            grown = torch.nn.functional.max_pool2d(kf.excluded(with_groups=True)[None, None].float(), 7, 1, 3)[0, 0] > 0
+            target = torch.where(grown[..., None], pred.detach(), kf.image)
+            static = photometric_loss(pred, target, self.cfg.mapping.ssim_weight, ~grown)
+            camera_grads = torch.autograd.grad(static, camera, retain_graph=True)
+            loss.backward()
+            for p, g in zip(camera, camera_grads):
+                p.grad = g
+        else:
+            loss.backward()
         grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.gmap.params.values())
         if pose and pose_opt is not None:
             grads_ok &= all(
@@ -375,8 +389,9 @@ class Mapper:
         a, e = alpha[vs, us], err[vs, us]
         transparent = a < m.densify_alpha
         wrong = (~transparent) & (e > error)
-        if kf.dynamic_mask is not None:
-            static = ~kf.dynamic_mask.numpy()[vs, us]
+        excluded = kf.excluded(with_groups=True)
+        if excluded is not None:
+            static = ~excluded.numpy()[vs, us]
             transparent &= static
             wrong &= static
         if not (transparent.any() or wrong.any()):

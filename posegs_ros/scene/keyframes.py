@@ -33,6 +33,9 @@ class Keyframe:
     twist_u: Tensor  # [6] float64 exposure twist in units of ``unit`` (optimized directly)
     fixed: bool = False  # gauge keyframe: its pose is never optimized
     dynamic_mask: Tensor | None = None  # [H, W] bool, pixels of moving objects
+    # [H, W] bool, pixels kept out of the loss and of densification although no motion group
+    # covers them (what moved between the two initialization frames, before any group existed)
+    unexplained: Tensor | None = None
     group_poses: dict[int, Tensor] = field(default_factory=dict)  # group -> [4, 4] M_g: group frame -> map
     group_twists: dict[int, Tensor] = field(default_factory=dict)  # group -> [6] exposure twist (group frame)
     group_deltas: dict[int, Tensor] = field(default_factory=dict)  # group -> [6] pending correction
@@ -41,6 +44,16 @@ class Keyframe:
     # [2] affine exposure (log gain a, bias b): the camera recorded exp(a) * radiance + b (auto-exposure,
     # white level); zero = the map's own brightness (the gauge keyframe keeps it)
     exposure: Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
+
+    def excluded(self, with_groups: bool = False) -> Tensor | None:
+        """``[H, W]`` bool pixels the static map must not learn from: the moving objects (also
+        those rendered by their motion groups when ``with_groups``) and :attr:`unexplained`;
+        None if none."""
+        parts = [m for m in (self.dynamic_mask if with_groups or not self.group_poses else None, self.unexplained)
+                 if m is not None]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else parts[0] | parts[1]
 
     def current_pose(self) -> Tensor:
         """``pose @ exp(delta * unit)`` ``[4, 4]`` (differentiable in ``delta``)."""

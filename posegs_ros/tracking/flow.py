@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["DenseFlow", "to_gray", "flow_consistency", "bilinear_sample", "image_gradients"]
+__all__ = ["DenseFlow", "to_gray", "texture_mask", "flow_consistency", "bilinear_sample", "image_gradients"]
 
 # name -> (OpenCV preset, parameter changes); "balanced" is "medium" with 12 instead of 25 patch
 # gradient-descent iterations and 1 instead of 5 variational refinement iterations: ~25 % faster,
@@ -67,6 +67,17 @@ class DenseFlow:
         if self._dis is not None:
             return self._dis.calc(a, b, None)
         return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 4, 15, 5, 5, 1.1, 0)
+
+
+def texture_mask(image: np.ndarray, min_eigen: float = 1e-4, block: int = 9) -> np.ndarray:
+    """``[H, W]`` bool: pixels whose ``block`` x ``block`` structure tensor (grey in [0, 1]) has a
+    smallest eigenvalue above ``min_eigen`` -- where dense flow is constrained in both directions.
+
+    ``image``: ``[H, W, 3]`` RGB or ``[H, W]`` grey (uint8 or float in [0, 1]).  With the defaults
+    about a third of the astronaut photo at 256x192 counts as blank.
+    """
+    grey = to_gray(image).astype(np.float32) / 255.0
+    return cv2.cornerMinEigenVal(grey, block, 3) > min_eigen
 
 
 def flow_consistency(forward: np.ndarray, backward: np.ndarray, threshold_px: float = 1.0) -> np.ndarray:

@@ -13,9 +13,9 @@ import numpy as np
 from scipy.interpolate import griddata
 
 from ..config import InitConfig
-from .flow import DenseFlow, flow_consistency
+from .flow import DenseFlow, flow_consistency, texture_mask
 
-__all__ = ["TwoViewResult", "try_two_view", "triangulate", "grid_samples"]
+__all__ = ["TwoViewResult", "try_two_view", "triangulate", "grid_samples", "unexplained_motion"]
 
 
 @dataclass
@@ -29,6 +29,8 @@ class TwoViewResult:
     inliers: int
     median_parallax_px: float
     median_angle_deg: float
+    moving_first: np.ndarray | None = None  # [H, W] bool: regions of the first frame no static scene explains
+    moving_second: np.ndarray | None = None  # [H, W] bool: the same in the second frame
 
 
 def grid_samples(width: int, height: int, stride: int, border: int = 4) -> np.ndarray:
@@ -54,6 +56,59 @@ def _rotate_pixels(uv: np.ndarray, r: np.ndarray, k: np.ndarray) -> np.ndarray:
     rays = np.concatenate([uv, np.ones((len(uv), 1))], 1) @ np.linalg.inv(k).T
     moved = rays @ r.T @ k.T
     return moved[:, :2] / moved[:, 2:3]
+
+
+def unexplained_motion(
+    flow_out: np.ndarray,
+    flow_back: np.ndarray,
+    k: np.ndarray,
+    relative: np.ndarray,
+    min_region_px: int,
+    textured: np.ndarray | None = None,
+    epipolar_px: float = 3.0,
+    consistency_px: float = 1.0,
+    min_textured_frac: float = 0.5,
+) -> np.ndarray:
+    """Regions ``[H, W]`` bool of one view whose flow to the other view no static scene explains.
+
+    A pixel is flagged when its flow lands inside the other image but fails the forward-backward
+    check (the other view sees something else there: an object moved over it or away), or when
+    it lands more than ``epipolar_px`` off the epipolar line of the two-view geometry (at any
+    depth a static point stays on it). Pixels whose flow leaves the image (the camera moved on)
+    are not flagged. An opening (9 px wide) removes specks and the thin strips a depth edge
+    uncovers between the views (the result is grown back by 2 px); connected regions under
+    ``min_region_px`` go, and so do regions with less than ``min_textured_frac`` of ``textured``
+    pixels (``[H, W]`` bool, e.g. :func:`posegs_ros.tracking.flow.texture_mask`): dense flow
+    drifts on blank walls.
+
+    Args:
+        flow_out: ``[H, W, 2]`` flow from this view to the other; ``flow_back`` the reverse.
+        k: ``[3, 3]`` intrinsics.
+        relative: ``[4, 4]`` pose of this camera in the other camera's frame
+            (``inv(pose_other) @ pose_this`` for camera-to-map poses).
+    """
+    h, w = flow_out.shape[:2]
+    vs, us = np.mgrid[0:h, 0:w].astype(np.float64)
+    tu, tv = us + flow_out[..., 0], vs + flow_out[..., 1]
+    inside = np.isfinite(tu) & np.isfinite(tv) & (tu >= 2) & (tu <= w - 3) & (tv >= 2) & (tv <= h - 3)
+    inconsistent = inside & ~flow_consistency(flow_out, flow_back, threshold_px=consistency_px)
+    r, t = relative[:3, :3], relative[:3, 3]
+    k_inv = np.linalg.inv(k)
+    tx = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
+    fundamental = k_inv.T @ tx @ r @ k_inv  # x_other^T F x_this = 0 for static points
+    lines = np.stack([us, vs, np.ones_like(us)], -1) @ fundamental.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = np.abs(lines[..., 0] * tu + lines[..., 1] * tv + lines[..., 2]) / np.hypot(lines[..., 0], lines[..., 1])
+    moving = inconsistent | (inside & (np.nan_to_num(dist, nan=0.0) > epipolar_px))
+    moving = cv2.morphologyEx(moving.astype(np.uint8), cv2.MORPH_OPEN, np.ones((9, 9), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(moving, connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= max(min_region_px, 1)
+    if textured is not None:
+        tex = np.bincount(labels[(moving > 0) & textured], minlength=n)
+        keep &= tex >= min_textured_frac * stats[:, cv2.CC_STAT_AREA]
+    keep[0] = False
+    # grown by 2 px: a moving object's blurred rim disagrees only weakly
+    return cv2.dilate(keep[labels].astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
 
 
 def _depth_in(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -124,6 +179,10 @@ def try_two_view(
     keep = (z >= lo * 0.8) & (z <= hi * 1.2)
     pts, px = pts[keep], px[keep]
     depth = _dense_depth(px, pts[:, 2], w, h)
+    moving_first = moving_second = None
+    if cfg.moving_region_px > 0:
+        moving_first = unexplained_motion(fwd, bwd, k, np.linalg.inv(pose_b), cfg.moving_region_px, texture_mask(first))
+        moving_second = unexplained_motion(bwd, fwd, k, pose_b, cfg.moving_region_px, texture_mask(second))
     return (
         TwoViewResult(
             pose_second=pose_b,
@@ -133,6 +192,8 @@ def try_two_view(
             inliers=int(n_in),
             median_parallax_px=parallax,
             median_angle_deg=med_angle,
+            moving_first=moving_first if moving_first is not None and moving_first.any() else None,
+            moving_second=moving_second if moving_second is not None and moving_second.any() else None,
         ),
         "ok",
     )

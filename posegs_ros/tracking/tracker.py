@@ -30,7 +30,7 @@ from ..config import PosegsConfig
 from .flow import DenseFlow, bilinear_sample, image_gradients, to_gray
 from ..geometry import se3_exp, se3_log
 from . import _pose_kernels
-from .pose_solver import PhotometricTerm, PoseSolveResult, solve_pose
+from .pose_solver import PhotometricTerm, PoseSolveResult, project_points, solve_pose
 
 __all__ = ["TrackingResult", "Tracker", "predict_constant_velocity", "initial_twist", "twist_units"]
 
@@ -117,6 +117,28 @@ def match_brightness(
     gain = float(np.clip(float(obs_gray[::stride, ::stride][pick].mean()) / ref_mean, 0.5, 2.0))
     adjusted = np.clip(ref_gray.astype(np.float32) * gain + 0.5, 0.0, 255.0).astype(np.uint8)
     return adjusted, gain
+
+
+# The pose is solved again without the outliers only when they are this large a share of the
+# samples: a coherent population (something the map does not explain, e.g. a moving object),
+# not the few occlusion-edge samples every frame has (those Huber handles; static scenes keep
+# their single solve and exactly their results).
+OUTLIER_FRACTION = 0.05
+OUTLIER_ROUNDS = 3  # drop / solve rounds: each solve without the outliers sharpens the next split
+
+# Magnitudes of 2D residuals with i.i.d. N(0, s^2) components are Rayleigh(s): median = 1.1774 s.
+_RAYLEIGH_MEDIAN = math.sqrt(2.0 * math.log(2.0))
+
+
+def _inliers(points: np.ndarray, targets: np.ndarray, k: np.ndarray, pose: np.ndarray, limit_px: float) -> np.ndarray | None:
+    """``[M]`` bool: map points ``[M, 3]`` that ``pose`` projects within ``limit_px`` (or 3 robust
+    sigmas of the residuals, if larger) of their flow ``targets`` ``[M, 2]``; None if the pose is not finite."""
+    if not np.isfinite(pose).all():
+        return None
+    uv, z = project_points((points - pose[:3, 3]) @ pose[:3, :3], k)
+    r = np.linalg.norm(uv - targets, axis=1)
+    limit = max(limit_px, 3.0 * float(np.median(r)) / _RAYLEIGH_MEDIAN)
+    return (r < limit) & (z > 0)
 
 
 def _median_flow_px(flow: np.ndarray, alpha: np.ndarray, stride: int = 4) -> float:
@@ -322,7 +344,22 @@ class Tracker:
             points, targets, k, pose_pred, huber_px=t.huber_px * scale, iterations=t.gn_iterations,
             photometric=photometric, image_size=(w, h),
         )
-        return result, points, ncc
+        pose = result.pose
+        for _ in range(OUTLIER_ROUNDS if t.outlier_px > 0 else 0):
+            keep = _inliers(points, targets, k, pose, t.outlier_px * scale)
+            if keep is None or keep.sum() < 50 or keep.mean() >= 1.0 - OUTLIER_FRACTION:
+                break
+            again = solve_pose(
+                points[keep], targets[keep], k, pose, huber_px=t.huber_px * scale, iterations=t.gn_iterations,
+                photometric=None if photometric is None else dataclasses.replace(
+                    photometric, points=points[keep], reference=ref[keep]),
+                image_size=(w, h),
+            )
+            if not np.isfinite(again.pose).all():
+                break
+            pose = again.pose
+        # (inlier ratio and error, for the lost test, stay the first solve's)
+        return dataclasses.replace(result, pose=pose), points, ncc
 
     def refine(
         self,

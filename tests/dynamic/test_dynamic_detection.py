@@ -11,7 +11,9 @@ from posegs_ros.config import DynamicConfig
 from posegs_ros.dynamic.detection import (
     GroupMotionHistory,
     MotionSegmenter,
+    boundary_contrast,
     camera_induced_flow,
+    closest_static_flow,
     flow_disagreement,
     flow_target_inside,
     motion_from_region_flow,
@@ -20,6 +22,7 @@ from posegs_ros.dynamic.detection import (
     region_depth_fill,
     robust_flow_threshold,
     should_merge,
+    static_flow_bounds,
     texture_mask,
     warp_mask,
 )
@@ -248,6 +251,71 @@ def test_flow_disagreement_robust_threshold_and_cleanup() -> None:
     cand = flow_disagreement(observed, predicted, 2.0, valid=valid)
     assert not cand[:, :85].any() and not cand[60, 100]
     assert not flow_disagreement(observed, predicted, 2.0, valid=np.zeros((H, W), bool)).any()
+
+
+def test_static_flow_explains_wrong_map_depth_but_not_motion() -> None:
+    rng = np.random.default_rng(3)
+    true_depth = rng.uniform(2.0, 4.0, (H, W))
+    pose_from = exp([0.1, 0.0, 0.0, 0.0, 0.02, 0.0])
+    pose_to = pose_from @ exp([0.08, 0.02, 0.05, 0.01, -0.02, 0.005])  # hand-held: shift + turn
+    observed = camera_induced_flow(true_depth, K, pose_from, pose_to)
+    for wrong in (1.6, 1 / 1.6):  # the map puts the surface 60 % too far / too near
+        map_depth = true_depth * wrong
+        predicted = camera_induced_flow(map_depth, K, pose_from, pose_to)
+        assert np.median(np.linalg.norm(observed - predicted, axis=-1)) > 2.0  # flagged as moving today
+        far, near = static_flow_bounds(map_depth, K, pose_from, pose_to, depth_slack=2.0)
+        explained = closest_static_flow(observed, far, near)
+        assert np.abs(explained - observed).max() < 0.02  # a static surface at a depth within the slack
+        assert not flow_disagreement(observed, explained, 1.5).any()
+        # with too little slack the depth error is motion again
+        far, near = static_flow_bounds(map_depth, K, pose_from, pose_to, depth_slack=1.2)
+        assert np.median(np.linalg.norm(observed - closest_static_flow(observed, far, near), axis=-1)) > 0.5
+    far, near = static_flow_bounds(true_depth, K, pose_from, pose_to, depth_slack=2.0)
+    seg = (near - far) / np.linalg.norm(near - far, axis=-1, keepdims=True)
+    across = np.stack([-seg[..., 1], seg[..., 0]], -1)
+    # an object moving 4 px across the epipolar line keeps its whole displacement as residual
+    res = np.linalg.norm(observed + 4.0 * across - closest_static_flow(observed + 4.0 * across, far, near), axis=-1)
+    np.testing.assert_allclose(res, 4.0, atol=0.05)
+    # moving along it the wrong way, 4 px beyond the flow of infinite depth (no positive depth
+    # gives that), keeps at least those 4 px
+    wrong_way = camera_induced_flow(np.full((H, W), 1e9), K, pose_from, pose_to) - 4.0 * seg
+    res = np.linalg.norm(wrong_way - closest_static_flow(wrong_way, far, near), axis=-1)
+    assert res.min() > 3.95
+    # no slack: the map's own camera-induced flow
+    far, near = static_flow_bounds(true_depth, K, pose_from, pose_to, depth_slack=1.0)
+    np.testing.assert_allclose(closest_static_flow(observed + 3.0, far, near), observed, atol=1e-3)
+    with pytest.raises(ValueError):
+        static_flow_bounds(true_depth, K, pose_from, pose_to, depth_slack=0.5)
+
+
+def test_boundary_contrast_tells_a_moving_body_from_a_smooth_error_field() -> None:
+    rng = np.random.default_rng(5)
+    valid = np.ones((H, W), bool)
+    # a body moving on its own: 5 px of residual inside, flow noise outside
+    residual = np.abs(rng.normal(0, 0.3, (H, W)))
+    body = np.zeros((H, W), bool)
+    body[60:120, 80:160] = True
+    residual[body] += 5.0
+    assert boundary_contrast(residual, body, valid) > 5.0
+    # a wrong camera pose / rolling shutter: residual growing smoothly down the image; the rows
+    # over the threshold form a region with nearly as much residual just outside it
+    field = np.linspace(0.0, 4.0, H)[:, None] * np.ones((1, W)) + np.abs(rng.normal(0, 0.3, (H, W)))
+    region = field > 2.5
+    assert 1.0 < boundary_contrast(field, region, valid) < DynamicConfig().min_boundary_contrast
+    # no ring to compare with: cannot tell, so it does not veto; no valid pixel inside: 0
+    assert boundary_contrast(residual, np.ones((H, W), bool), valid) == float("inf")
+    assert boundary_contrast(residual, body, np.zeros((H, W), bool)) == 0.0
+
+
+def test_closest_static_flow_handles_nan_ends() -> None:
+    far = np.zeros((4, 4, 2), np.float32)
+    near = np.ones((4, 4, 2), np.float32) * 2.0
+    near[0, 0] = np.nan  # the near point is behind the camera: only the far end remains
+    far[1, 1] = np.nan
+    out = closest_static_flow(np.ones((4, 4, 2), np.float32), far, near)
+    np.testing.assert_allclose(out[2, 2], [1.0, 1.0])
+    np.testing.assert_allclose(out[0, 0], [0.0, 0.0])
+    np.testing.assert_allclose(out[1, 1], [2.0, 2.0])
 
 
 # ------------------------------------------------------------------------------------------

@@ -145,3 +145,39 @@ def test_final_refinement_boosts_appearance_learning_rates_then_restores_them(sm
     assert seen[3.0]["means"] == seen[1.0]["means"] and seen[1.0]["sh0"] == [1.0] * len(seen[1.0]["sh0"])
     assert len(seen[3.0]["sh0"]) == steps
     assert not torch.equal(colours[1.0][: len(colours[3.0])], colours[3.0][: len(colours[1.0])])
+
+
+def test_camera_learns_from_static_pixels_only_when_a_group_covers_an_object(small_sequence) -> None:
+    """With a motion group in a keyframe, the camera's pose / twist / exposure gradients do not
+    depend on what the image shows inside the (grown) moving-object mask, the group's do."""
+    cfg = apply_flat(PosegsConfig(), {"blur.subframes": 1})
+    gmap, mapper, _ = seeded(small_sequence, cfg)
+    f0 = small_sequence.frames[0]
+    h, w = f0.depth.shape
+    vs, us = np.mgrid[30:70:2, 40:90:2]
+    spawn = keyframe(f0, small_sequence.intrinsics, mapper.scene_scale)
+    spawn.group_poses = {1: torch.eye(4, dtype=torch.float64)}
+    mapper.add_from_depth(spawn, np.stack([us.ravel(), vs.ravel()], 1).astype(float),
+                          0.8 * f0.depth[vs.ravel(), us.ravel()].astype(float), stride=2.0, group_id=1)
+    mask = np.zeros((h, w), bool)
+    mask[30:70, 40:90] = True
+
+    def gradients(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        kf = keyframe(f0, small_sequence.intrinsics, mapper.scene_scale)
+        kf.image = torch.from_numpy(image).float() / 255
+        kf.group_poses = {1: torch.eye(4, dtype=torch.float64)}
+        kf.dynamic_mask = torch.from_numpy(mask)
+        opt = mapper._pose_optimizer([kf])
+        mapper._step(kf, gaussians=False, pose=True, pose_opt=opt)
+        grads = kf.delta.grad.clone(), kf.group_deltas[1].grad.clone()
+        opt.zero_grad(set_to_none=True)
+        return grads
+
+    image = f0.blurred.copy()
+    other = image.copy()
+    other[30:70, 40:90] = np.random.default_rng(0).integers(0, 255, (40, 50, 3))  # the object looks different
+    cam_a, group_a = gradients(image)
+    cam_b, group_b = gradients(other)
+    assert torch.count_nonzero(cam_a) > 0
+    torch.testing.assert_close(cam_a, cam_b)  # the camera does not see it
+    assert not torch.allclose(group_a, group_b)  # its group does

@@ -52,3 +52,31 @@ def test_triangulate_exact_points() -> None:
         return (x[:, :2] / x[:, 2:]) * 100 + [50, 40]
 
     assert np.allclose(triangulate(k, np.eye(4), pose_b, proj(np.eye(4)), proj(pose_b)), pts, atol=1e-6)
+
+
+def test_two_view_leaves_a_moving_box_out_and_flags_nothing_when_static(small_sequence) -> None:
+    from posegs_ros.tools.synth import SynthConfig, generate
+
+    seq = generate(SynthConfig(seed=0, frames=13, width=160, height=120, dynamic=True, object_motion="slide",
+                               object_size=0.7, object_speed=1.4))
+    first, second = seq.frames[0], seq.frames[12]
+    assert not first.mask.any() and second.mask.mean() > 0.1  # the box entered between the two frames
+    cfg = InitConfig(min_parallax_px=2.0, min_inliers=150, moving_region_px=40)
+    result, reason = try_two_view(first.blurred, second.blurred, seq.intrinsics.numpy(), cfg, DenseFlow())
+    assert result is not None, reason
+    moving = result.moving_second
+    assert moving is not None
+    assert (moving & second.mask).sum() / (moving | second.mask).sum() > 0.6  # the box, in the second frame
+    assert (moving & second.mask).sum() > 0.8 * second.mask.sum()
+    # in the first frame: the background the box covers later (the second view sees something else there)
+    if result.moving_first is not None:
+        assert result.moving_first.mean() < 1.5 * second.mask.mean()
+    # a static scene: nothing is left out
+    quiet, reason = try_two_view(small_sequence.frames[0].blurred, small_sequence.frames[-1].blurred,
+                                 small_sequence.intrinsics.numpy(), InitConfig(min_parallax_px=2.0, min_inliers=150,
+                                                                               moving_region_px=40), DenseFlow())
+    assert quiet is not None, reason
+    assert quiet.moving_first is None and quiet.moving_second is None
+    off, _ = try_two_view(first.blurred, second.blurred, seq.intrinsics.numpy(),
+                          InitConfig(min_parallax_px=2.0, min_inliers=150, moving_region_px=0), DenseFlow())
+    assert off is not None and off.moving_second is None  # 0 turns it off
