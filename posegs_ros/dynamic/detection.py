@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from ..config import DynamicConfig
-from ..tracking.flow import texture_mask
+from ..tracking.flow import robust_flow_threshold, texture_mask, textured_regions
 from ..tracking.pose_solver import damped_step, huber_cost, huber_weights, project_points, solve_pose
 
 __all__ = [
@@ -59,10 +59,6 @@ __all__ = [
     "should_merge",
     "GroupMotionHistory",
 ]
-
-# Magnitudes of 2D residuals with i.i.d. N(0, s^2) components are Rayleigh(s): median = 1.1774 s.
-_RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))
-
 
 # --------------------------------------------------------------------------------------------
 # 1. camera-induced flow
@@ -162,18 +158,6 @@ def closest_static_flow(observed: np.ndarray, far: np.ndarray, near: np.ndarray)
     return np.stack([far[..., 0] + t * seg_u, far[..., 1] + t * seg_v], -1).astype(np.float32)
 
 
-def robust_flow_threshold(residual_norm: np.ndarray, threshold_px: float, k_sigma: float = 3.0) -> float:
-    """``max(threshold_px, k_sigma * s)`` where ``s = median(|r|) / 1.1774`` (Rayleigh sigma).
-
-    ``residual_norm`` ``[N]`` are the residual magnitudes of valid pixels; for Gaussian flow noise
-    with per-axis sigma ``s``, ``k_sigma = 3`` flags ~1 % of static pixels before the opening.
-    """
-    r = residual_norm[np.isfinite(residual_norm)]
-    if r.size == 0:
-        return float(threshold_px)
-    return max(float(threshold_px), k_sigma * float(np.median(r)) / _RAYLEIGH_MEDIAN)
-
-
 def flow_disagreement(
     observed: np.ndarray,
     predicted: np.ndarray,
@@ -239,13 +223,8 @@ def flow_disagreement(
         if open_px > 0:
             kernel = np.ones((2 * open_px + 1, 2 * open_px + 1), np.uint8)
             cand = cv2.morphologyEx(cand.astype(np.uint8), cv2.MORPH_OPEN, kernel).astype(bool)
-    if textured is not None and cand.any():
-        n, labels = cv2.connectedComponents(cand.astype(np.uint8), connectivity=8)
-        total = np.bincount(labels[cand], minlength=n)
-        tex = np.bincount(labels[cand & textured.astype(bool)], minlength=n)
-        keep = tex >= min_textured_frac * np.maximum(total, 1)
-        keep[0] = False
-        cand = keep[labels]
+    if textured is not None:
+        cand = textured_regions(cand, textured, min_textured_frac)
     return cand
 
 

@@ -305,7 +305,7 @@ class MotionGroups:
         predicted = camera_induced_flow(depth_prev, k, pose_prev, pose)
         valid = flow_target_inside(predicted) & (alpha_prev > 0.7)
         static = closest_static_flow(flow, *static_flow_bounds(depth_prev, k, pose_prev, pose, self.cfg.dynamic.depth_slack))
-        residual = np.linalg.norm(flow - static, axis=-1)
+        residual: np.ndarray | None = None  # |flow - static| [H, W], for the border test of a new region
         candidates = flow_disagreement(flow, static, self.cfg.dynamic.flow_threshold_px, valid=valid,
                                        textured=texture_mask(image_prev))
         regions = self.segmenter.update(candidates, self._last_flow)
@@ -322,6 +322,8 @@ class MotionGroups:
             if grp is None:
                 if sum(not g.parked for g in self.groups.values()) >= self.cfg.dynamic.max_groups:
                     continue
+                if residual is None:
+                    residual = np.linalg.norm(flow - static, axis=-1)
                 contrast = boundary_contrast(residual, region.mask, valid)
                 if contrast < self.cfg.dynamic.min_boundary_contrast:
                     log.debug("region %d: residual contrast %.2f at its border: a smooth error field, no group",

@@ -9,7 +9,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["DenseFlow", "to_gray", "texture_mask", "flow_consistency", "bilinear_sample", "image_gradients"]
+__all__ = [
+    "DenseFlow", "to_gray", "texture_mask", "textured_regions", "robust_flow_threshold", "flow_consistency",
+    "bilinear_sample", "image_gradients",
+]
+
+# Magnitudes of 2D residuals with i.i.d. N(0, s^2) components are Rayleigh(s): median = 1.1774 s.
+_RAYLEIGH_MEDIAN = float(np.sqrt(2.0 * np.log(2.0)))
 
 # name -> (OpenCV preset, parameter changes); "balanced" is "medium" with 12 instead of 25 patch
 # gradient-descent iterations and 1 instead of 5 variational refinement iterations: ~25 % faster,
@@ -78,6 +84,33 @@ def texture_mask(image: np.ndarray, min_eigen: float = 1e-4, block: int = 9) -> 
     """
     grey = to_gray(image).astype(np.float32) / 255.0
     return cv2.cornerMinEigenVal(grey, block, 3) > min_eigen
+
+
+def textured_regions(mask: np.ndarray, textured: np.ndarray, min_textured_frac: float) -> np.ndarray:
+    """``mask`` ``[H, W]`` bool without its connected regions (8-connected) that have less than
+    ``min_textured_frac`` of ``textured`` pixels (``[H, W]`` bool, :func:`texture_mask`): dense
+    flow drifts in blank areas. Kept regions keep their blank pixels."""
+    mask = mask.astype(bool)
+    if not mask.any():
+        return mask
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    total = np.bincount(labels[mask], minlength=n)
+    tex = np.bincount(labels[mask & textured.astype(bool)], minlength=n)
+    keep = tex >= min_textured_frac * np.maximum(total, 1)
+    keep[0] = False
+    return keep[labels]
+
+
+def robust_flow_threshold(residual_norm: np.ndarray, threshold_px: float, k_sigma: float = 3.0) -> float:
+    """``max(threshold_px, k_sigma * s)`` where ``s = median(|r|) / 1.1774`` (Rayleigh sigma).
+
+    ``residual_norm`` ``[N]`` are the residual magnitudes of valid pixels; for Gaussian flow noise
+    with per-axis sigma ``s``, ``k_sigma = 3`` flags ~1 % of static pixels before the opening.
+    """
+    r = residual_norm[np.isfinite(residual_norm)]
+    if r.size == 0:
+        return float(threshold_px)
+    return max(float(threshold_px), k_sigma * float(np.median(r)) / _RAYLEIGH_MEDIAN)
 
 
 def flow_consistency(forward: np.ndarray, backward: np.ndarray, threshold_px: float = 1.0) -> np.ndarray:

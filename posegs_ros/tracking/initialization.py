@@ -10,10 +10,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 from scipy.interpolate import griddata
 
 from ..config import InitConfig
-from .flow import DenseFlow, flow_consistency, texture_mask
+from ..geometry import hat
+from .flow import DenseFlow, flow_consistency, texture_mask, textured_regions
 
 __all__ = ["TwoViewResult", "try_two_view", "triangulate", "grid_samples", "unexplained_motion"]
 
@@ -94,8 +96,7 @@ def unexplained_motion(
     inconsistent = inside & ~flow_consistency(flow_out, flow_back, threshold_px=consistency_px)
     r, t = relative[:3, :3], relative[:3, 3]
     k_inv = np.linalg.inv(k)
-    tx = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
-    fundamental = k_inv.T @ tx @ r @ k_inv  # x_other^T F x_this = 0 for static points
+    fundamental = k_inv.T @ hat(torch.from_numpy(np.asarray(t, np.float64))).numpy() @ r @ k_inv  # x_other^T F x_this = 0 for static points
     lines = np.stack([us, vs, np.ones_like(us)], -1) @ fundamental.T
     with np.errstate(invalid="ignore", divide="ignore"):
         dist = np.abs(lines[..., 0] * tu + lines[..., 1] * tv + lines[..., 2]) / np.hypot(lines[..., 0], lines[..., 1])
@@ -103,12 +104,12 @@ def unexplained_motion(
     moving = cv2.morphologyEx(moving.astype(np.uint8), cv2.MORPH_OPEN, np.ones((9, 9), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(moving, connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= max(min_region_px, 1)
-    if textured is not None:
-        tex = np.bincount(labels[(moving > 0) & textured], minlength=n)
-        keep &= tex >= min_textured_frac * stats[:, cv2.CC_STAT_AREA]
     keep[0] = False
+    regions = keep[labels]
+    if textured is not None:
+        regions = textured_regions(regions, textured, min_textured_frac)
     # grown by 2 px: a moving object's blurred rim disagrees only weakly
-    return cv2.dilate(keep[labels].astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    return cv2.dilate(regions.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
 
 
 def _depth_in(pose: np.ndarray, points: np.ndarray) -> np.ndarray:

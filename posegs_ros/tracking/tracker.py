@@ -27,7 +27,7 @@ from ..scene.blur import (
 )
 from ..camera import Intrinsics
 from ..config import PosegsConfig
-from .flow import DenseFlow, bilinear_sample, image_gradients, to_gray
+from .flow import DenseFlow, bilinear_sample, image_gradients, robust_flow_threshold, to_gray
 from ..geometry import se3_exp, se3_log
 from . import _pose_kernels
 from .pose_solver import PhotometricTerm, PoseSolveResult, project_points, solve_pose
@@ -126,10 +126,6 @@ def match_brightness(
 OUTLIER_FRACTION = 0.05
 OUTLIER_ROUNDS = 3  # drop / solve rounds: each solve without the outliers sharpens the next split
 
-# Magnitudes of 2D residuals with i.i.d. N(0, s^2) components are Rayleigh(s): median = 1.1774 s.
-_RAYLEIGH_MEDIAN = math.sqrt(2.0 * math.log(2.0))
-
-
 def _inliers(points: np.ndarray, targets: np.ndarray, k: np.ndarray, pose: np.ndarray, limit_px: float) -> np.ndarray | None:
     """``[M]`` bool: map points ``[M, 3]`` that ``pose`` projects within ``limit_px`` (or 3 robust
     sigmas of the residuals, if larger) of their flow ``targets`` ``[M, 2]``; None if the pose is not finite."""
@@ -137,8 +133,7 @@ def _inliers(points: np.ndarray, targets: np.ndarray, k: np.ndarray, pose: np.nd
         return None
     uv, z = project_points((points - pose[:3, 3]) @ pose[:3, :3], k)
     r = np.linalg.norm(uv - targets, axis=1)
-    limit = max(limit_px, 3.0 * float(np.median(r)) / _RAYLEIGH_MEDIAN)
-    return (r < limit) & (z > 0)
+    return (r < robust_flow_threshold(r, limit_px)) & (z > 0)
 
 
 def _median_flow_px(flow: np.ndarray, alpha: np.ndarray, stride: int = 4) -> float:
