@@ -91,6 +91,10 @@ class TrackingConfig:
                           "the previous pose)")
     repass_px: float = _f(8.0, "another pass only when the median flow of the previous one exceeded this (pixels): "
                           "large after dropped frames or a jerk, small in steady tracking")
+    frame_budget: float = _f(0.9, "live camera (node, --realtime): another pass runs only if it ends within this "
+                             "fraction of the camera's frame period after tracking of the frame began -- keep up "
+                             "with the camera rather than refine one frame while the next ones drop (offline "
+                             "replay: no limit; 0 = no limit)")
     gn_iterations: int = _f(4, "Gauss-Newton iterations on reprojection + photometric residuals")
     huber_px: float = _f(1.5, "Huber threshold of reprojection residuals (pixels)")
     outlier_px: float = _f(
@@ -103,6 +107,10 @@ class TrackingConfig:
     sample_stride: int = _f(4, "use every n-th pixel (in x and y) for Gauss-Newton (at full resolution)")
     render_scale: float = _f(1.0, "tracking renders, flows and solves at this fraction of the image size "
                              "(pixel thresholds scale along; < 1 is faster)")
+    live_min_scale: float = _f(0.75, "live camera (node, --realtime): while tracking a frame takes longer than "
+                               "tracking.frame_budget of the camera period, tracking drops to 3/4 of its "
+                               "resolution, down to this fraction (and climbs back with time to spare); "
+                               ">= render_scale: fixed")
     refine_steps: int = _f(0, "gradient steps of the blur-aware render loss on pose + exposure twist per frame "
                            "(0 = off: the exposure twist comes from the frame's motion; mapping refines keyframes)")
     refine_lr: float = _f(2.0e-3, "Adam learning rate of the blur-aware pose refinement")

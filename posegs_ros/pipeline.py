@@ -49,7 +49,7 @@ from .scene.snapshot import MapEdit, MapSnapshot, MapStore
 from .tracking.flow import DenseFlow
 from .tracking.initialization import TwoViewResult, grid_samples, try_two_view
 from .tracking.tracker import (
-    Tracker, TrackingResult, initial_twist, interpolate_pose, predict_constant_velocity, twist_units,
+    Tracker, TrackingResolution, TrackingResult, initial_twist, interpolate_pose, predict_constant_velocity, twist_units,
 )
 
 __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
@@ -180,6 +180,7 @@ class EngineCounters:
     recovered_frames: int = 0  # lost online, posed by finalize() against the final map
     groups_spawned: int = 0
     groups_merged: int = 0
+    passes_cut: int = 0  # live camera: frames whose extra tracking pass was left out to keep up (tracking.frame_budget)
 
 
 class Reconstructor:
@@ -217,6 +218,9 @@ class Reconstructor:
         self.backend: MappingBackend | None = None
         self.counters = EngineCounters()
         self._records: list[_FrameRecord] = []
+        t = self.config.tracking
+        adaptive = concurrent and t.refine_steps == 0  # the blur-aware refinement needs full resolution
+        self.resolution = TrackingResolution(t.render_scale, t.live_min_scale if adaptive else t.render_scale)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -312,6 +316,9 @@ class Reconstructor:
             result = self._initialize_step(frame)
         else:
             result = self._track_step(frame)
+            deadline = self._deadline(t_start)
+            if deadline is not None:
+                self.resolution.update(time.perf_counter() - t_start, deadline - t_start)
         late += self._take_late_poses()
         result.timings.total = time.perf_counter() - t_start
         result.late = [self._point(self._records[i], self.store.latest(), online=True) for i in late]
@@ -542,7 +549,7 @@ class Reconstructor:
         return self.motion.scene(snap.scene) if self.motion is not None else snap.scene
 
     def _track(self, frame: Frame, pose_pred: np.ndarray, twist_init: np.ndarray, snap: MapSnapshot,
-               refine: bool = False, exclude: np.ndarray | None = None) -> TrackingResult:
+               refine: bool = False, exclude: np.ndarray | None = None, deadline: float | None = None) -> TrackingResult:
         if exclude is None and self.motion is not None:
             exclude = self.motion.exclusion_mask()
         refine = refine and self.config.tracking.refine_steps > 0
@@ -550,11 +557,21 @@ class Reconstructor:
         return self.tracker.track(
             frame.image, target, frame.intrinsics, pose_pred, twist_init, self._scene(snap),
             self._settings(frame.intrinsics), exclude=exclude, refine=refine, scene_scale=self._scene_scale,
+            deadline=deadline, scale=self.resolution.scale,
         )
+
+    def _deadline(self, start: float) -> float | None:
+        """Live camera (concurrent mode): when this frame's tracking should be done
+        (``tracking.frame_budget`` of the camera's period after ``start``); offline: None."""
+        budget = self.config.tracking.frame_budget
+        if not self.concurrent or budget <= 0 or not self._frame_interval:
+            return None
+        return start + budget * self._frame_interval
 
     def _track_step(self, frame: Frame) -> FrameResult:
         cfg = self.config
         timings = StageTimings()
+        deadline = self._deadline(time.perf_counter())
         snap = self._snapshot()
         history = [(rec.stamp, self._final_pose(rec, snap)) for rec in self._history]
         last_stamp, last_pose = history[-1]
@@ -564,7 +581,8 @@ class Reconstructor:
         twist = self._history[-1].twist
         if not np.any(twist):
             twist = self._motion_twist(last_stamp, last_pose, frame.stamp, pred)
-        res = self._track(frame, pred, twist, snap, refine=True)
+        res = self._track(frame, pred, twist, snap, refine=True, deadline=deadline)
+        self.counters.passes_cut += int(res.passes_cut)
         timings.flow = res.timings.get("flow", 0.0)
         timings.render = res.timings.get("render", 0.0)
         timings.tracking = res.timings.get("gauss_newton+refine", 0.0)

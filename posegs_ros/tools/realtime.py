@@ -217,6 +217,9 @@ def replay_realtime(
                 "stage_median_ms": {k: float(np.median(v)) * 1000.0 for k, v in recorder.stages.items() if v},
                 "renders": len(recorder.rendered),
                 "renders_skipped": snapshot.renders_skipped,
+                "tracking_scale": engine.resolution.scale,  # at the end (live: adapted to keep up)
+                "tracking_scale_changes": engine.resolution.changes,
+                "passes_cut": stats.get("passes_cut", 0),  # frames whose extra tracking pass was left out to keep up
                 "mapping_rounds": stats.get("mapping_rounds", 0),
                 "mapping_steps": stats.get("mapping_steps", 0),
                 "mapping_backlog_at_end": engine.mapping_backlog,

@@ -210,7 +210,7 @@ def replay(
     import numpy as np
     from tqdm import tqdm
 
-    from ..io import BagReader, Undistorter, atomic_write_image, atomic_write_json, read_tum, write_tum
+    from ..io import BagReader, Undistorter, atomic_write_image, atomic_write_json, write_tum
     from ..io.files import json_safe
     from ..config import config_to_dict
     from ..pipeline import Frame, FrameError, Reconstructor
@@ -338,7 +338,6 @@ def replay(
 
 def _evaluate(bag: Any, staging: Path, gt: Path | None, image_topic: str, traj: list) -> Any | None:
     """Ground truth from ``--gt`` or the bag's ``/ground_truth/*`` topics -> eval.json + report."""
-    import numpy as np
 
     from ..io import atomic_write_image, image_to_rgb, read_tum, stamp_to_nanoseconds, write_tum
     from . import evaluate as ev

@@ -13,6 +13,7 @@ Tracking is declared lost when too few flow correspondences agree with the solve
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,11 +29,13 @@ from ..scene.blur import (
 from ..camera import Intrinsics
 from ..config import PosegsConfig
 from .flow import DenseFlow, bilinear_sample, image_gradients, robust_flow_threshold, to_gray
-from ..geometry import se3_exp, se3_log
+from ..geometry import se3_exp
 from . import _pose_kernels
 from .pose_solver import PhotometricTerm, PoseSolveResult, project_points, solve_pose
 
-__all__ = ["TrackingResult", "Tracker", "predict_constant_velocity", "initial_twist", "twist_units"]
+__all__ = ["TrackingResult", "Tracker", "TrackingResolution", "predict_constant_velocity", "initial_twist", "twist_units"]
+
+log = logging.getLogger(__name__)
 
 
 COVERED_ALPHA = 0.5  # a pixel is covered by the map when its rendered opacity exceeds this
@@ -85,6 +88,7 @@ class TrackingResult:
     reason: str = ""
     twist_refined: bool = False  # the blur-aware refinement set ``twist`` (else it is ``twist_init``)
     passes: int = 0  # render -> flow -> solve passes run
+    passes_cut: bool = False  # another pass was wanted but would have run past the deadline
     gain: float = 1.0  # the frame's brightness over the render's (match_brightness): frame ~ gain * render
 
     @property
@@ -158,16 +162,81 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 1e-12 else 0.0
 
 
+class TrackingResolution:
+    """Live camera: the tracking scale that keeps up with the camera on this machine.
+
+    Tracking runs at ``top`` (``tracking.render_scale``). While a frame's tracking takes longer
+    than its budget (smoothed over frames) the scale drops a step (x ``step``, not below
+    ``floor``); with ``headroom`` to spare it climbs back. Each climb that had to be undone
+    doubles the frames waited before the next one (no oscillation between two scales).
+
+    Args:
+        top: the largest (preferred) scale.
+        floor: the smallest scale (``>= top``: fixed at ``top``).
+        settle: frames measured at a scale before it may change.
+    """
+
+    def __init__(self, top: float, floor: float, step: float = 0.75, headroom: float = 1.4, settle: int = 15) -> None:
+        levels = [top]
+        while levels[-1] * step >= floor - 1e-9:
+            levels.append(levels[-1] * step)
+        self.levels = tuple(levels)
+        self.headroom = headroom
+        self.settle = settle
+        self.changes = 0
+        self._level = 0
+        self._mean: float | None = None
+        self._frames = 0
+        self._climb_wait = settle
+        self._climbed_at: int | None = None  # frames into the level when the last climb happened
+
+    @property
+    def scale(self) -> float:
+        """The current tracking scale."""
+        return self.levels[self._level]
+
+    def update(self, seconds: float, budget: float) -> float:
+        """Account one frame's tracking time (``seconds``) against ``budget`` (seconds); returns the
+        scale for the next frame."""
+        self._mean = seconds if self._mean is None else 0.8 * self._mean + 0.2 * seconds
+        self._frames += 1
+        if self._frames < self.settle:
+            return self.scale
+        if self._mean > budget and self._level + 1 < len(self.levels):
+            if self._climbed_at is not None:  # the climb did not hold: wait longer before the next one
+                self._climb_wait = min(self._climb_wait * 2, 40 * self.settle)
+                self._climbed_at = None
+            self._move(+1)
+        elif self._level > 0 and self._mean * self.headroom < budget and self._frames >= self._climb_wait:
+            self._move(-1)
+            self._climbed_at = 0
+        elif self._frames >= 2 * self.settle:
+            self._climbed_at = None  # the last climb held
+        return self.scale
+
+    def _move(self, direction: int) -> None:
+        self._level += direction
+        self._mean, self._frames = None, 0
+        self.changes += 1
+        log.info("tracking at %.0f %% of the image size to keep up with the camera", 100 * self.scale)
+
+
 class Tracker:
     """Tracks frames against the current map."""
 
     def __init__(self, cfg: PosegsConfig, flow: DenseFlow) -> None:
-        """``flow``: full-resolution flow (the final refinement's re-tracking); at
-        ``tracking.render_scale`` < 1 the tracker keeps a flow of its own for the smaller images."""
+        """``flow``: full-resolution flow (the final refinement's re-tracking); at a tracking
+        scale < 1 the tracker keeps a flow of its own for the smaller images."""
         self.cfg = cfg
         self.flow = flow
-        t = cfg.tracking
-        self._scaled_flow = DenseFlow(t.flow, t.flow_preset, t.render_scale) if t.render_scale < 1 else flow
+        self._flows: dict[float, DenseFlow] = {1.0: flow}
+
+    def _flow_at(self, scale: float) -> DenseFlow:
+        """The flow for images at ``scale`` of the camera's size (one OpenCV instance per scale)."""
+        if scale not in self._flows:
+            t = self.cfg.tracking
+            self._flows[scale] = DenseFlow(t.flow, t.flow_preset, scale)
+        return self._flows[scale]
 
     def track(
         self,
@@ -182,6 +251,8 @@ class Tracker:
         refine: bool = True,
         scene_scale: float = 1.0,
         blurred_subframes: int = 1,
+        deadline: float | None = None,
+        scale: float | None = None,
     ) -> TrackingResult:
         """Track one frame.
 
@@ -196,11 +267,16 @@ class Tracker:
                 (mean of that many sub-frame renders along ``twist_init``) to the observation,
                 so both sides carry the same blur; depth comes from the middle (mid-exposure)
                 sub-frame. Needs a trusted twist (final refinement); 1 = sharp render.
+            deadline: ``time.perf_counter()`` value by which tracking should be done (a live
+                camera's next frame): another pass runs only if one more, as long as the last,
+                still ends before it. ``None``: no limit (offline, reproducible).
+            scale: render, flow and solve at this fraction of the image size (``None``:
+                ``tracking.render_scale``); blurred renders always run at full size.
         """
         t = self.cfg.tracking
         timings = {"render": 0.0, "flow": 0.0, "gauss_newton+refine": 0.0}
         full = intrinsics
-        scale = t.render_scale if blurred_subframes <= 1 else 1.0
+        scale = (t.render_scale if scale is None else scale) if blurred_subframes <= 1 else 1.0
         if scale != 1.0:  # render, flow and solve at a reduced resolution (pixel thresholds scale along)
             intrinsics = full.scaled(max(8, round(full.width * scale)), max(8, round(full.height * scale)))
             size = (intrinsics.width, intrinsics.height)
@@ -217,9 +293,14 @@ class Tracker:
         solved: PoseSolveResult | None = None
         first: tuple[RenderOutput, float, np.ndarray] | None = None
         passes = 0
+        cut = False
+        pass_seconds = 0.0
         for _ in range(max(t.flow_passes, 1)):
+            if passes and deadline is not None and time.perf_counter() + pass_seconds > deadline:
+                cut = True  # keep up with the camera: the next frame matters more than a finer pose of this one
+                break
             passes += 1
-            t0 = time.perf_counter()
+            t0 = pass_start = time.perf_counter()
             with torch.no_grad():
                 if blurred_subframes > 1 and blurred_subframes % 2 == 1:
                     blurred, subs = render_exposure(
@@ -239,7 +320,7 @@ class Tracker:
                     covered &= ~exclude
                 ref_gray, gain = match_brightness(ref_gray, obs_gray, covered)
             t0 = time.perf_counter()
-            flow = (self._scaled_flow if scale != 1.0 else self.flow)(ref_gray, obs_gray)
+            flow = self._flow_at(scale)(ref_gray, obs_gray)
             timings["flow"] += time.perf_counter() - t0
             if first is None:
                 first = (out, float((alpha > COVERED_ALPHA).mean()), flow)
@@ -249,6 +330,7 @@ class Tracker:
             if solved is None or not np.isfinite(solved.pose).all():
                 break
             pose_pass = solved.pose
+            pass_seconds = time.perf_counter() - pass_start
             if _median_flow_px(flow, alpha) / scale <= t.repass_px:
                 break  # the render was already close to the observation: another pass would not move the pose
         assert first is not None
@@ -291,6 +373,7 @@ class Tracker:
             reason=reason,
             twist_refined=refined,
             passes=passes,
+            passes_cut=cut,
             gain=gain,
         )
 

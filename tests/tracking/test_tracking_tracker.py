@@ -131,3 +131,57 @@ def test_a_large_unmodelled_moving_patch_is_dropped_and_the_pose_solved_again(sm
     # (128x96: the clean frame itself tracks to ~1 cm at a scene depth of ~4 m)
     assert huber_only > 3.0 * clean  # the patch drags a Huber-only solve away
     assert resolved < 0.4 * huber_only and resolved < 2.0 * clean
+
+
+def test_a_live_deadline_cuts_the_extra_pass_and_a_smaller_scale_still_tracks(small_sequence) -> None:
+    import time
+
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"blur.enabled": False, "mapping.gaussian_iters": 40, "mapping.pose_iters": 0,
+                                      "mapping.joint_iters": 0, "tracking.refine_steps": 0, "tracking.repass_px": 0.0})
+    gmap, mapper = map_from_ground_truth(seq, cfg)
+    tracker = Tracker(cfg, DenseFlow())
+    f0, f3 = seq.frames[0], seq.frames[3]
+    moved = np.linalg.norm(f3.pose[:3, 3] - f0.pose[:3, 3])
+
+    def track(**kw):
+        res = tracker.track(f3.blurred, None, seq.intrinsics, f0.pose.copy(), np.zeros(6), scene_tensors(gmap, True),
+                            RenderSettings(seq.intrinsics.width, seq.intrinsics.height), refine=False,
+                            scene_scale=mapper.scene_scale, **kw)
+        return res, np.linalg.norm(res.pose[:3, 3] - f3.pose[:3, 3])
+
+    free, err_free = track()
+    assert free.passes == 2 and not free.passes_cut
+    late, err_late = track(deadline=time.perf_counter())  # the next frame is already due: one pass only
+    assert late.passes == 1 and late.passes_cut and not late.lost
+    assert err_free < 0.5 * moved and err_late < moved, (err_free, err_late, moved)
+    small, err_small = track(scale=0.75)
+    assert small.render.rgb.shape[1:3] == (round(seq.intrinsics.height * 0.75), round(seq.intrinsics.width * 0.75))
+    assert not small.lost and err_small < 0.8 * moved, (err_small, moved)  # 96x72 pixels: coarse, but it tracks
+
+
+def test_tracking_resolution_drops_when_frames_take_too_long_and_climbs_back() -> None:
+    from posegs_ros.tracking.tracker import TrackingResolution
+
+    res = TrackingResolution(1.0, 0.5, settle=5)
+    assert res.levels == (1.0, 0.75, 0.5625)
+    assert TrackingResolution(1.0, 1.0).levels == (1.0,)  # fixed (offline)
+    budget = 0.030
+
+    def frames_until_change(seconds: float) -> int:
+        start = res.scale
+        for n in range(1, 200):
+            if res.update(seconds, budget) != start:
+                return n
+        return 0
+
+    assert frames_until_change(0.040) == 5  # not before ``settle`` frames at a scale
+    assert res.scale == 0.75
+    assert frames_until_change(0.040) == 5 and res.scale == 0.5625
+    assert frames_until_change(0.040) == 0 and res.scale == 0.5625  # too slow still: not below the floor
+    assert frames_until_change(0.025) == 0  # within the budget but no headroom: stays
+    assert 1 <= frames_until_change(0.015) < 10 and res.scale == 0.75  # time to spare (x 1.4 < budget): one step up
+    assert frames_until_change(0.040) == 5 and res.scale == 0.5625  # that climb did not hold: down again ...
+    assert frames_until_change(0.015) == 10 and res.scale == 0.75  # ... and the next climb waits twice as long
+    assert frames_until_change(0.025) == 0  # within the budget, no headroom: stays
+    assert res.changes == 5

@@ -98,6 +98,7 @@ def _row(seed: int, rate: float, result: Any, out: Path) -> dict[str, Any]:
         "receipt_to_tf_median_ms": live["receipt_to_tf_ms"]["median"], "renders": live["renders"],
         "mapping_rounds": live["mapping_rounds"], "mapping_steps": live["mapping_steps"], "keyframes": live["keyframes"], "gaussians": live["gaussians"],
         "cpu_cores": live["cpu_cores_used"], "cpu_steal": live.get("cpu_steal_share"),
+        "tracking_scale": live.get("tracking_scale", 1.0), "passes_cut": live.get("passes_cut", 0),
         "ate_online_cm": math.nan, "psnr_deblurred": math.nan, "psnr_input": math.nan,
     }
     ev = json.loads((out / "eval.json").read_text()) if (out / "eval.json").exists() else {}
@@ -119,19 +120,20 @@ def _line(row: dict[str, Any]) -> str:
             f"({100 * row['posed_share']:.1f} %), latency median {row['latency_median_ms']:.1f} ms "
             f"p95 {row['latency_p95_ms']:.1f} ms, online ATE {row['ate_online_cm']:.2f} cm, PSNR deblurred "
             f"{row['psnr_deblurred']:.2f} dB vs input {row['psnr_input']:.2f} dB, {row['renders']} renders, "
-            f"{row['mapping_steps']} mapping steps, {row['cpu_cores']:.2f} cores" + (f", {100 * row['cpu_steal']:.0f} % CPU stolen by the hypervisor"
+            f"{row['mapping_steps']} mapping steps, tracking at {100 * row['tracking_scale']:.0f} % size, "
+            f"{row['passes_cut']} extra passes cut, {row['cpu_cores']:.2f} cores" + (f", {100 * row['cpu_steal']:.0f} % CPU stolen by the hypervisor"
                                                        if row.get("cpu_steal") is not None else ""))
 
 
 def markdown_table(rows: list[dict[str, Any]], busy: bool = False) -> str:
     """The README table of ``rows``."""
     head = ("| seed | rate | frames posed | tracking latency median / p95 (ms) | online ATE (cm) | "
-            "PSNR online deblurred / input (dB) | renders | mapping steps | CPU cores busy | CPU stolen |")
+            "PSNR online deblurred / input (dB) | renders | mapping steps | tracking size | CPU cores busy | CPU stolen |")
     return table(head, (
         f"| {r['seed']} | {r['rate']:g}{' (+ busy process)' if busy else ''} | {r['posed']} / {r['images']} "
         f"({100 * r['posed_share']:.1f} %) | {r['latency_median_ms']:.1f} / {r['latency_p95_ms']:.1f} | "
         f"{r['ate_online_cm']:.2f} | {r['psnr_deblurred']:.2f} / {r['psnr_input']:.2f} | {r['renders']} | "
-        f"{r['mapping_steps']} | {r['cpu_cores']:.2f} | "
+        f"{r['mapping_steps']} | {100 * r['tracking_scale']:.0f} % | {r['cpu_cores']:.2f} | "
         + (f"{100 * r['cpu_steal']:.0f} % |" if r.get("cpu_steal") is not None else "- |")
         for r in rows
     ))
