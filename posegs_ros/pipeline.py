@@ -29,7 +29,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -183,6 +183,17 @@ class EngineCounters:
     passes_cut: int = 0  # live camera: frames whose extra tracking pass was left out to keep up (tracking.frame_budget)
 
 
+def camera_period(steps: Iterable[float]) -> float | None:
+    """A live camera's frame period (s) from the stamp differences ``steps`` of the frames that
+    reached the engine: the shortest one (frames dropped before the engine lengthen the others)
+    that is at least half their median (a stray, nearly equal stamp does not shrink it); None if
+    there are none."""
+    arr = np.asarray(list(steps), dtype=float)
+    if arr.size == 0:
+        return None
+    return float(arr[arr >= 0.5 * np.median(arr)].min())
+
+
 class Reconstructor:
     """Online monocular pose + 3DGS reconstruction with an exposure-blur model.
 
@@ -261,6 +272,7 @@ class Reconstructor:
         self._keyframe_stamps: list[float] = []  # of every keyframe handed to mapping, by id
         self._pending_poses: dict[int, np.ndarray] = {}  # keyframe id -> [4, 4] until a snapshot has it
         self._frame_interval: float | None = None  # shortest stamp difference seen (the camera's period)
+        self._stamp_steps: deque[float] = deque(maxlen=64)  # the last stamp differences (the live frame budget)
         self._late_poses: deque[tuple[int, np.ndarray, np.ndarray, bool]] = deque()  # (record, pose, twist, lost)
         self.motion = MotionGroups(cfg, self.flow) if cfg.dynamic.enabled else None
 
@@ -311,6 +323,7 @@ class Reconstructor:
         if self._last_stamp is not None:
             dt = frame.stamp - self._last_stamp
             self._frame_interval = dt if self._frame_interval is None else min(self._frame_interval, dt)
+            self._stamp_steps.append(dt)
         self._last_stamp = frame.stamp
         if not self.initialized:
             result = self._initialize_step(frame)
@@ -564,9 +577,13 @@ class Reconstructor:
         """Live camera (concurrent mode): when this frame's tracking should be done
         (``tracking.frame_budget`` of the camera's period after ``start``); offline: None."""
         budget = self.config.tracking.frame_budget
-        if not self.concurrent or budget <= 0 or not self._frame_interval:
+        period = self._camera_period()
+        if not self.concurrent or budget <= 0 or period is None:
             return None
-        return start + budget * self._frame_interval
+        return start + budget * period
+
+    def _camera_period(self) -> float | None:
+        return camera_period(self._stamp_steps)
 
     def _track_step(self, frame: Frame) -> FrameResult:
         cfg = self.config

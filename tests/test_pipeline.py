@@ -11,7 +11,7 @@ import pytest
 
 from posegs_ros.camera import Intrinsics
 from posegs_ros.scene.gaussians import read_ply
-from posegs_ros.pipeline import Frame, FrameError, Reconstructor, TrackingState
+from posegs_ros.pipeline import Frame, FrameError, Reconstructor, TrackingState, camera_period
 
 
 def run(seq, cfg, frames=None):
@@ -291,3 +291,20 @@ def test_auto_exposure_changes_track_as_well_as_the_original(small_sequence, fas
     for p in traj:  # keyframes (and tracked frames) know their exposure relative to the first keyframe
         if p.is_keyframe and p.index != first:
             assert math.exp(p.exposure[0]) == pytest.approx(gains[p.index] / gains[first], rel=0.06)
+
+
+def test_live_frame_budget_follows_the_camera_period_and_only_live_tracking_adapts_its_size(fast_config) -> None:
+    period = 1 / 30
+    assert camera_period([]) is None
+    assert camera_period([period] * 10) == pytest.approx(period)
+    # frames dropped before the engine lengthen most steps; a stray, nearly equal stamp is not the period
+    assert camera_period([period, 2 * period, 2 * period, 3 * period, 2 * period]) == pytest.approx(period)
+    assert camera_period([period] * 10 + [0.001]) == pytest.approx(period)
+    plain = dataclasses.replace(fast_config, tracking=dataclasses.replace(fast_config.tracking, refine_steps=0))
+    with Reconstructor(plain) as offline:
+        assert offline.resolution.levels == (1.0,)  # offline replay: fixed size, reproducible
+    with Reconstructor(plain, concurrent=True) as live:
+        assert live.resolution.levels == (1.0, 0.75)  # tracking.live_min_scale
+    assert fast_config.tracking.refine_steps > 0
+    with Reconstructor(fast_config, concurrent=True) as live:
+        assert live.resolution.levels == (1.0,)  # the blur-aware refinement needs full size
