@@ -229,6 +229,9 @@ class Reconstructor:
         self.backend: MappingBackend | None = None
         self.counters = EngineCounters()
         self._records: list[_FrameRecord] = []
+        # a live camera's frame period (s) measured from image arrivals by whoever receives them
+        # (the node's worker; a bag played at a changed rate has stamps that do not tell it)
+        self.arrival_period: float | None = None
         t = self.config.tracking
         adaptive = concurrent and t.refine_steps == 0  # the blur-aware refinement needs full resolution
         self.resolution = TrackingResolution(t.render_scale, t.live_min_scale if adaptive else t.render_scale)
@@ -575,9 +578,10 @@ class Reconstructor:
 
     def _deadline(self, start: float) -> float | None:
         """Live camera (concurrent mode): when this frame's tracking should be done
-        (``tracking.frame_budget`` of the camera's period after ``start``); offline: None."""
+        (``tracking.frame_budget`` of the camera's period -- from image arrivals when known, else
+        from the stamps -- after ``start``); offline: None."""
         budget = self.config.tracking.frame_budget
-        period = self._camera_period()
+        period = self.arrival_period or self._camera_period()
         if not self.concurrent or budget <= 0 or period is None:
             return None
         return start + budget * period

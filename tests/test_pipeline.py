@@ -305,6 +305,10 @@ def test_live_frame_budget_follows_the_camera_period_and_only_live_tracking_adap
         assert offline.resolution.levels == (1.0,)  # offline replay: fixed size, reproducible
     with Reconstructor(plain, concurrent=True) as live:
         assert live.resolution.levels == (1.0, 0.75)  # tracking.live_min_scale
+        assert live._deadline(0.0) is None  # no period known yet
+        live.arrival_period = 2 * period  # measured by the worker: a bag played at half rate
+        assert live._deadline(10.0) == pytest.approx(10.0 + plain.tracking.frame_budget * 2 * period)
+    assert offline._deadline(0.0) is None  # offline: never a deadline
     assert fast_config.tracking.refine_steps > 0
     with Reconstructor(fast_config, concurrent=True) as live:
         assert live.resolution.levels == (1.0,)  # the blur-aware refinement needs full size

@@ -54,6 +54,7 @@ class EngineLike(Protocol):
     """What the worker needs of :class:`posegs_ros.pipeline.Reconstructor`."""
 
     counters: Any
+    arrival_period: float | None  # the camera's period from image arrivals (the worker sets it)
 
     def process(self, frame: Frame) -> FrameResult: ...
 
@@ -132,6 +133,7 @@ class ReconstructionWorker:
         self._awaiting_info: deque[InputImage] = deque()  # images received before any camera_info
         self._received = 0
         self._last_receipt: float | None = None
+        self._arrival_steps: deque[float] = deque(maxlen=32)  # the last times between two images' receipt
         self._state = StatusSnapshot()
         self._resets: dict[str, int] = {}
         self._last_problem = ""
@@ -164,7 +166,11 @@ class ReconstructionWorker:
         with self._lock:
             index = self._received
             self._received += 1
+            if self._last_receipt is not None and now > self._last_receipt:
+                self._arrival_steps.append(now - self._last_receipt)
             self._last_receipt = now
+            if len(self._arrival_steps) >= 4:  # images arrive at the camera's rate whatever the engine drops
+                self.engine.arrival_period = float(np.median(self._arrival_steps))
             camera_info = self._camera_info
             item = InputImage(msg, compressed, camera_info, now, index)
             if camera_info is None:

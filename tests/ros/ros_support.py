@@ -130,6 +130,7 @@ class FakeEngine:
         self.delay = delay
         self.groups = groups
         self.processed: list[Frame] = []
+        self.arrival_period: float | None = None
         self.resets = 0
         self.reset_counters()
         self._since_reset = 0

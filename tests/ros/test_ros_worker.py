@@ -337,3 +337,17 @@ FAST_ENGINE: dict[str, Any] = {
     "tracking.refine_steps": 2,
     "blur.subframes": 3,
 }
+
+
+def test_the_engine_learns_the_camera_period_from_image_arrivals(messages: Messages, sink_factory: Callable) -> None:
+    # a bag played at half rate: stamps 0.1 s apart, images arriving every 0.2 s; the engine is slow,
+    # so most images wait in (or drop from) the queue -- arrivals still tell the camera's period
+    engine, sink, clock = FakeEngine(), sink_factory(), FakeClock()
+    worker = _worker(engine, sink, clock, queue_size=2)
+    worker.on_camera_info(messages.camera_info())
+    for i in range(8):
+        worker.on_image(messages.image(i))
+        clock.advance(0.2)
+        if i % 3 == 0:
+            _drain(worker)
+    assert engine.arrival_period == pytest.approx(0.2)
