@@ -331,8 +331,8 @@ class Reconstructor:
         if not self.initialized:
             result = self._initialize_step(frame)
         else:
-            result = self._track_step(frame)
             deadline = self._deadline(t_start)
+            result = self._track_step(frame, deadline)
             if deadline is not None:
                 self.resolution.update(time.perf_counter() - t_start, deadline - t_start)
         late += self._take_late_poses()
@@ -581,18 +581,15 @@ class Reconstructor:
         (``tracking.frame_budget`` of the camera's period -- from image arrivals when known, else
         from the stamps -- after ``start``); offline: None."""
         budget = self.config.tracking.frame_budget
-        period = self.arrival_period or self._camera_period()
-        if not self.concurrent or budget <= 0 or period is None:
+        if not self.concurrent or budget <= 0:
             return None
-        return start + budget * period
+        period = self.arrival_period or camera_period(self._stamp_steps)
+        return None if period is None else start + budget * period
 
-    def _camera_period(self) -> float | None:
-        return camera_period(self._stamp_steps)
-
-    def _track_step(self, frame: Frame) -> FrameResult:
+    def _track_step(self, frame: Frame, deadline: float | None = None) -> FrameResult:
+        """Track ``frame`` against the map; ``deadline``: see :meth:`Tracker.track`."""
         cfg = self.config
         timings = StageTimings()
-        deadline = self._deadline(time.perf_counter())
         snap = self._snapshot()
         history = [(rec.stamp, self._final_pose(rec, snap)) for rec in self._history]
         last_stamp, last_pose = history[-1]

@@ -188,7 +188,7 @@ class TrackingResolution:
         self._mean: float | None = None
         self._frames = 0
         self._climb_wait = settle
-        self._climbed_at: int | None = None  # frames into the level when the last climb happened
+        self._climb_on_trial = False  # the last climb has not held for 2 x settle frames yet
 
     @property
     def scale(self) -> float:
@@ -203,15 +203,15 @@ class TrackingResolution:
         if self._frames < self.settle:
             return self.scale
         if self._mean > budget and self._level + 1 < len(self.levels):
-            if self._climbed_at is not None:  # the climb did not hold: wait longer before the next one
+            if self._climb_on_trial:  # the climb did not hold: wait longer before the next one
                 self._climb_wait = min(self._climb_wait * 2, 40 * self.settle)
-                self._climbed_at = None
+                self._climb_on_trial = False
             self._move(+1)
         elif self._level > 0 and self._mean * self.headroom < budget and self._frames >= self._climb_wait:
             self._move(-1)
-            self._climbed_at = 0
+            self._climb_on_trial = True
         elif self._frames >= 2 * self.settle:
-            self._climbed_at = None  # the last climb held
+            self._climb_on_trial = False  # the last climb held
         return self.scale
 
     def _move(self, direction: int) -> None:
