@@ -163,8 +163,8 @@ class MappingConfig:
                                    "views it refines, bounded by final_max_views and final_iters; 0 = final_iters steps)")
     final_rounds: int = _f(1, "offline only: alternations of joint refinement and flow-based re-tracking of every frame")
     final_lr_factor: float = _f(0.02, "offline only: position and pose learning rates decay to this factor over the final refinement")
-    final_lr_boost: float = _f(1.0, "offline only: colour, opacity, scale and rotation learning rates of the final refinement "
-                               "start at this multiple of their online value and decay exponentially back to it")
+    final_lr_boost: float = _f(3.0, "offline only: colour, opacity, scale and rotation learning rates of the final refinement "
+                               "start at this multiple of their online value and decay exponentially back to it (1 = no boost)")
     final_densify_error: float = _f(0.05, "offline only: densify_error of the final refinement (finer detail than online)")
     final_densify_stride: int = _f(2, "offline only: densify_stride of the final refinement")
     final_max_views: int = _f(200, "offline only: at most this many frames (evenly spaced) join the final refinement")

@@ -95,6 +95,7 @@ class MappingBackend:
         self._working = False
         self._idle_left = 0  # idle rounds still to run after the last keyframe
         self._init_rounds_left = 0  # rounds on the two initial keyframes still to run
+        self._busy_mark = 0.0  # mapping thread: when the busy time was last counted
         self._thread: threading.Thread | None = None
         self.in_round = threading.Event()  # set while a window round runs (tests wait on it)
         if concurrent:
@@ -248,6 +249,7 @@ class MappingBackend:
     def _between_steps(self) -> RoundControl:
         """Concurrent rounds: publish the step, then integrate arrivals and apply edits."""
         control = RoundControl()
+        self._count_busy()  # a round may outlast the run (live, mapping behind): count as it goes
         self.publish()
         while True:
             with self._cond:
@@ -263,6 +265,12 @@ class MappingBackend:
             else:
                 self._do(work)
             self.publish()
+
+    def _count_busy(self) -> None:
+        """Add the time since the last mark to ``stats.busy_seconds`` (mapping thread only)."""
+        now = time.perf_counter()
+        self.stats.busy_seconds += now - self._busy_mark
+        self._busy_mark = now
 
     def _triangulated_depth(self, a: Keyframe, b: Keyframe) -> np.ndarray | None:
         """Dense depth ``[H, W]`` of keyframe ``b`` triangulated from flow to keyframe ``a``."""
@@ -313,7 +321,7 @@ class MappingBackend:
                 elif work is None:
                     self._idle_left -= 1
                 self._working = True
-            started = time.perf_counter()
+            self._busy_mark = time.perf_counter()
             try:
                 if work is not None:
                     self._do(work)
@@ -326,4 +334,4 @@ class MappingBackend:
                 self.stats.errors += 1
                 log.error("mapping: %s: %s\n%s", type(err).__name__, err, traceback.format_exc())
             finally:
-                self.stats.busy_seconds += time.perf_counter() - started
+                self._count_busy()

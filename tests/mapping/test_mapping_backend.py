@@ -75,6 +75,9 @@ def test_a_snapshot_renders_the_same_while_mapping_writes(small_sequence) -> Non
             newer = backend.store.wait_newer(newer.version, TIMEOUT)
             renders.append(render(snap, seq))
         assert newer.version > snap.version
+        # a round that outlasts the run still reports its work: steps and busy time as they go
+        assert newer.mapping_rounds == 0 and newer.stats["steps"] > snap.stats["steps"]
+        assert newer.stats["busy_seconds"] > snap.stats["busy_seconds"] >= 0.0
     finally:
         assert backend.stop(TIMEOUT)
     assert all(torch.equal(first, r) for r in renders)
