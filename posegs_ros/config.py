@@ -115,7 +115,14 @@ class TrackingConfig:
                            "(0 = off: the exposure twist comes from the frame's motion; mapping refines keyframes)")
     refine_lr: float = _f(2.0e-3, "Adam learning rate of the blur-aware pose refinement")
     min_inlier_ratio: float = _f(0.3, "below this fraction of inlier pixels the frame is declared lost")
-    max_reprojection_px: float = _f(4.0, "median reprojection error above which tracking is lost")
+    max_reprojection_px: float = _f(4.0, "median reprojection error above which the map does not explain the frame: "
+                                    "lost, unless the flow is consistent (tracking.mismatch_min_ncc)")
+    mismatch_min_ncc: float = _f(0.9, "a frame whose median reprojection error exceeds tracking.max_reprojection_px "
+                                 "(up to tracking.lost_reprojection_px) but whose flow matches this well (intensity "
+                                 "correlation) is tracked and made a keyframe: the map's geometry is off, not the "
+                                 "pose; > 1 = always lost")
+    lost_reprojection_px: float = _f(12.0, "median reprojection error above which tracking is lost whatever the "
+                                     "intensity correlation")
     min_ncc: float = _f(0.5, "intensity correlation of render and observation at the flow matches below which tracking is lost")
     max_lost_frames: int = _f(10, "consecutive lost frames (relocalization failing) before re-initializing")
     max_gap_s: float = _f(0.5, "after a gap this long since the last tracked frame the motion is not extrapolated; "

@@ -173,6 +173,7 @@ class EngineCounters:
     frames: int = 0
     keyframes: int = 0
     lost_frames: int = 0
+    mismatch_frames: int = 0  # tracked with the flow consistent but the map's depth off (made keyframes)
     relocalizations: int = 0
     reinitializations: int = 0
     rejected_frames: int = 0
@@ -274,8 +275,8 @@ class Reconstructor:
         self._scene_scale = 1.0
         self._keyframe_stamps: list[float] = []  # of every keyframe handed to mapping, by id
         self._pending_poses: dict[int, np.ndarray] = {}  # keyframe id -> [4, 4] until a snapshot has it
-        self._frame_interval: float | None = None  # shortest stamp difference seen (the camera's period)
-        self._stamp_steps: deque[float] = deque(maxlen=64)  # the last stamp differences (the live frame budget)
+        self._stamp_steps: deque[float] = deque(maxlen=64)  # the last stamp differences
+        self._stamp_period: float | None = None  # camera_period of them: exposure time, live frame budget
         self._late_poses: deque[tuple[int, np.ndarray, np.ndarray, bool]] = deque()  # (record, pose, twist, lost)
         self.motion = MotionGroups(cfg, self.flow) if cfg.dynamic.enabled else None
 
@@ -325,8 +326,8 @@ class Reconstructor:
         self.counters.frames += 1
         if self._last_stamp is not None:
             dt = frame.stamp - self._last_stamp
-            self._frame_interval = dt if self._frame_interval is None else min(self._frame_interval, dt)
             self._stamp_steps.append(dt)
+            self._stamp_period = camera_period(self._stamp_steps)
         self._last_stamp = frame.stamp
         if not self.initialized:
             result = self._initialize_step(frame)
@@ -546,7 +547,7 @@ class Reconstructor:
         """Exposure twist ``[6]`` of a frame from its motion: velocity x exposure time (the
         exposure ratio times the camera's frame period), mapping refines it for keyframes."""
         dt = max(stamp - stamp_prev, 1e-9)
-        period = min(self._frame_interval or dt, dt)
+        period = min(self._stamp_period or dt, dt)
         return initial_twist(pose_prev, pose, self.config.blur.exposure_ratio * period / dt)
 
     def _live_subframes(self, twist: np.ndarray, intrinsics: Intrinsics) -> int:
@@ -583,7 +584,7 @@ class Reconstructor:
         budget = self.config.tracking.frame_budget
         if not self.concurrent or budget <= 0:
             return None
-        period = self.arrival_period or camera_period(self._stamp_steps)
+        period = self.arrival_period or self._stamp_period
         return None if period is None else start + budget * period
 
     def _track_step(self, frame: Frame, deadline: float | None = None) -> FrameResult:
@@ -617,6 +618,10 @@ class Reconstructor:
                 self._lost_run += 1
         else:
             self._lost_run = 0
+            if res.mismatch:
+                self.counters.mismatch_frames += 1
+                log.info("frame %d: the map does not explain the frame (%s): a keyframe to correct it",
+                         frame.index, res.reason)
         if not res.twist_refined:  # the exposure twist of an ordinary frame comes from its motion
             res.twist = self._motion_twist(last_stamp, last_pose, frame.stamp, res.pose)
         record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy(),
@@ -673,7 +678,8 @@ class Reconstructor:
         log.debug("frame %d: motion handling %.3f s, groups %s", frame.index, time.perf_counter() - t0, sorted(obs.poses))
 
     def _keyframe_decision(self, frame: Frame, res: TrackingResult, snap: MapSnapshot) -> KeyframeDecision:
-        """Keyframe test on coverage, translational parallax since the last keyframe and time.
+        """Keyframe test on map mismatch (:attr:`TrackingResult.mismatch`), coverage, translational
+        parallax since the last keyframe and time.
 
         Parallax is measured with the current rotation for both positions, so camera shake
         (rotation) does not spawn keyframes; new areas it reveals show up as low coverage.
@@ -682,6 +688,8 @@ class Reconstructor:
         """
         if self.concurrent and self.mapping_backlog > 0:
             return KeyframeDecision(False, "")
+        if res.mismatch:
+            return KeyframeDecision(True, "map mismatch")
         last_id = self.num_keyframes - 1
         last_position = self._keyframe_pose(last_id, snap)[:3, 3]
         parallax_px = 0.0
@@ -869,7 +877,7 @@ class Reconstructor:
                 self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self._scene_scale,
                 blurred_subframes=self.backend.mapper.subframes(view) | 1,  # odd: a middle sub-frame at s = 0
             )
-            if not res.lost and np.isfinite(res.pose).all():
+            if not res.lost and not res.mismatch and np.isfinite(res.pose).all():  # only a pose the map explains
                 view.pose = torch.from_numpy(res.pose.copy())
         self._retrack_groups(views)
 

@@ -261,6 +261,29 @@ def test_frames_lost_online_are_tracked_again_offline(small_sequence, fast_confi
         assert np.linalg.norm(traj[i].pose[:3, 3] - (neighbours[0] + neighbours[1]) / 2) < step
 
 
+def test_a_frame_the_map_does_not_explain_becomes_a_keyframe(small_sequence, fast_config, monkeypatch) -> None:
+    """A tracked frame flagged as a map mismatch (consistent flow, map depth off) is not lost: it
+    keeps its tracked pose, is counted, and becomes a keyframe so mapping corrects the map."""
+    engine = Reconstructor(fast_config, keep_frames=True)
+    track = engine._track
+    odd = 21  # tracked (initialization takes the first ~19 frames), not a keyframe on its own
+
+    def mismatched(frame, pred, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        res = track(frame, pred, *args, **kwargs)
+        return dataclasses.replace(res, mismatch=True, reason="test: map off") if frame.index == odd else res
+
+    plain = Reconstructor(fast_config, keep_frames=True)
+    baseline = {f.index: plain.process(Frame(f.blurred, f.stamp, small_sequence.intrinsics, f.index))
+                for f in small_sequence.frames[: odd + 1]}
+    assert baseline[odd].state is TrackingState.TRACKING and not baseline[odd].is_keyframe
+    monkeypatch.setattr(engine, "_track", mismatched)
+    results = {f.index: engine.process(Frame(f.blurred, f.stamp, small_sequence.intrinsics, f.index))
+               for f in small_sequence.frames[: odd + 1]}
+    assert results[odd].state is TrackingState.TRACKING and results[odd].is_keyframe
+    assert engine.counters.mismatch_frames == 1 and engine.counters.lost_frames == plain.counters.lost_frames
+    assert engine.num_keyframes == plain.num_keyframes + 1
+
+
 def test_auto_exposure_changes_track_as_well_as_the_original(small_sequence, fast_config) -> None:
     """A copy of the sequence whose brightness swings by +-25 % (an auto-exposure camera) tracks
     about as well as the original: the render is scaled to each frame's brightness before flow

@@ -473,6 +473,7 @@ class ReconstructionWorker:
                 mapping_rounds=int(stats.get("mapping_rounds", 0)),
                 frames_processed=processed,
                 lost_frames=int(getattr(counters, "lost_frames", 0)),
+                mismatch_frames=int(getattr(counters, "mismatch_frames", 0)),
                 relocalizations=int(getattr(counters, "relocalizations", 0)),
                 reinitializations=int(getattr(counters, "reinitializations", 0)),
                 groups=groups,

@@ -78,6 +78,7 @@ class TrackingResult:
     pose: np.ndarray  # [4, 4] camera-to-map, mid-exposure
     twist: np.ndarray  # [6] exposure twist
     lost: bool
+    mismatch: bool  # tracked, but the median reprojection error exceeds tracking.max_reprojection_px
     inlier_ratio: float
     median_error_px: float
     coverage: float  # fraction of pixels the map covers (alpha > COVERED_ALPHA) at the prediction
@@ -339,10 +340,14 @@ class Tracker:
         lost = (
             solved is None
             or solved.inlier_ratio < t.min_inlier_ratio
-            or solved.median_error_px > t.max_reprojection_px * scale
+            or solved.median_error_px > t.lost_reprojection_px * scale
             or not np.isfinite(solved.pose).all()
             or ncc < t.min_ncc
         )
+        # the flow matches (intensities agree) but the map's depth does not explain it: a map to correct
+        mismatch = not lost and solved.median_error_px > t.max_reprojection_px * scale
+        if mismatch and ncc < t.mismatch_min_ncc:
+            lost, mismatch = True, False
         pose = pose_pred if solved is None or not np.isfinite(solved.pose).all() else solved.pose
         twist = twist_init.copy()
         refined = not lost and refine and t.refine_steps > 0
@@ -356,13 +361,14 @@ class Tracker:
         reason = ""
         if solved is None:
             reason = "too few valid correspondences"
-        elif lost:
+        elif lost or mismatch:
             reason = (f"inlier ratio {solved.inlier_ratio:.2f}, median error {solved.median_error_px / scale:.2f} px, "
                       f"intensity correlation {ncc:.2f}")
         return TrackingResult(
             pose=pose,
             twist=twist,
             lost=lost,
+            mismatch=mismatch,
             inlier_ratio=0.0 if solved is None else solved.inlier_ratio,
             median_error_px=float("inf") if solved is None else solved.median_error_px,
             coverage=coverage,

@@ -70,6 +70,36 @@ def test_tracking_of_an_unrelated_image_is_lost(small_sequence) -> None:
     assert res.lost and res.reason
 
 
+def test_a_consistent_flow_the_map_does_not_explain_is_a_mismatch_not_a_loss(small_sequence) -> None:
+    """Above tracking.max_reprojection_px with the flow matching (high intensity correlation) the
+    frame is tracked and flagged as a map mismatch; a low correlation or an error past
+    tracking.lost_reprojection_px is a loss."""
+    import dataclasses
+
+    seq = small_sequence
+    base = apply_flat(PosegsConfig(), {"blur.enabled": False, "mapping.gaussian_iters": 40, "mapping.pose_iters": 0,
+                                       "mapping.joint_iters": 0, "tracking.refine_steps": 0})
+    gmap, mapper = map_from_ground_truth(seq, base)
+    f0, f3 = seq.frames[0], seq.frames[3]
+
+    def track(**tracking):
+        cfg = dataclasses.replace(base, tracking=dataclasses.replace(base.tracking, **tracking))
+        return Tracker(cfg, DenseFlow()).track(
+            f3.blurred, torch.from_numpy(f3.blurred).float() / 255, seq.intrinsics, f0.pose.copy(), np.zeros(6),
+            scene_tensors(gmap, True), RenderSettings(seq.intrinsics.width, seq.intrinsics.height),
+            scene_scale=mapper.scene_scale)
+
+    good = track()
+    assert not good.lost and not good.mismatch and good.median_error_px > 0
+    strict = 0.5 * good.median_error_px  # the same frame against a tolerance it exceeds
+    flagged = track(max_reprojection_px=strict)
+    assert flagged.mismatch and not flagged.lost and flagged.reason
+    np.testing.assert_allclose(flagged.pose, good.pose, atol=1e-9)  # the flag changes no pose
+    assert track(max_reprojection_px=strict, mismatch_min_ncc=1.01).lost  # correlation below the bar
+    hard = track(max_reprojection_px=strict, lost_reprojection_px=strict)
+    assert hard.lost and not hard.mismatch
+
+
 def test_constant_velocity_prediction_and_twist_guess() -> None:
     a = np.eye(4)
     step = se3_exp(torch.tensor([0.1, 0.0, 0.02, 0.0, 0.05, 0.0], dtype=torch.float64)).numpy()

@@ -110,6 +110,7 @@ def window_row(start: int, count: int, out: Path, wall_s: float, peak_rss_mb: fl
         "ssim_vs_input": number(vs_input.get("ssim_mean")),
         "keyframes": int(summary["keyframes"]),
         "gaussians": int(summary["gaussians"]),
+        "mismatch": int(summary["counters"].get("mismatch_frames", 0)),
         "lost": int(summary["counters"].get("lost_frames", 0)),
         "reinitializations": int(summary["counters"].get("reinitializations", 0)),
         "fps": float(summary["fps"]),
@@ -122,12 +123,12 @@ def window_row(start: int, count: int, out: Path, wall_s: float, peak_rss_mb: fl
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`window_row` rows."""
     head = ("| window | posed | ATE final / online (cm) | RPE (cm, deg / frame) | PSNR / SSIM vs input | "
-            "keyframes | Gaussians | lost / re-inits | frames/s | s / frame end to end | peak RSS (MB) |")
+            "keyframes | Gaussians | map mismatch / lost / re-inits | frames/s | s / frame end to end | peak RSS (MB) |")
     return table(head, (
         f"| {r['window']} | {r['posed']} / {r['frames']} | {cell(r['ate_cm'], '.2f')} / "
         f"{cell(r['ate_online_cm'], '.2f')} | {cell(r['rpe_cm'], '.2f')}, {cell(r['rpe_deg'], '.3f')} | "
         f"{cell(r['psnr_vs_input'], '.2f')} / {cell(r['ssim_vs_input'], '.3f')} | {r['keyframes']} | "
-        f"{r['gaussians']} | {r['lost']} / {r['reinitializations']} | {r['fps']:.2f} | "
+        f"{r['gaussians']} | {r.get('mismatch', 0)} / {r['lost']} / {r['reinitializations']} | {r['fps']:.2f} | "
         f"{r['seconds_per_frame']:.2f} | {r['peak_rss_mb']:.0f} |"
         for r in rows
     ))

@@ -55,6 +55,8 @@ def test_window_replayed_in_a_child_and_tabulated(
     assert meta["image_files"][0] == "frame-000004.color.png"
     metrics = json.loads((work / "run_w4_16" / "metrics.json").read_text())
     assert metrics["config"]["preset"] == "fast"  # the options reached the child
+    counters = metrics["summary"]["counters"]
+    assert (row["mismatch"], row["lost"]) == (counters["mismatch_frames"], counters["lost_frames"])
 
 
 def test_bad_options_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
