@@ -119,7 +119,7 @@ class TrackingConfig:
                                     "lost, unless the flow is consistent (tracking.mismatch_min_ncc)")
     mismatch_min_ncc: float = _f(0.9, "a frame whose median reprojection error exceeds tracking.max_reprojection_px "
                                  "(up to tracking.lost_reprojection_px) but whose flow matches this well (intensity "
-                                 "correlation) is tracked and made a keyframe: the map's geometry is off, not the "
+                                 "correlation) is tracked and made a keyframe (live: if mapping has taken the last one): the map's geometry is off, not the "
                                  "pose; > 1 = always lost")
     lost_reprojection_px: float = _f(12.0, "median reprojection error above which tracking is lost whatever the "
                                      "intensity correlation")

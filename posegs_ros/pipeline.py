@@ -173,7 +173,7 @@ class EngineCounters:
     frames: int = 0
     keyframes: int = 0
     lost_frames: int = 0
-    mismatch_frames: int = 0  # tracked with the flow consistent but the map's depth off (made keyframes)
+    mismatch_frames: int = 0  # tracked with the flow consistent but the map's depth off (keyframes unless mapping is behind)
     relocalizations: int = 0
     reinitializations: int = 0
     rejected_frames: int = 0
@@ -618,10 +618,10 @@ class Reconstructor:
                 self._lost_run += 1
         else:
             self._lost_run = 0
-            if res.mismatch:
-                self.counters.mismatch_frames += 1
-                log.info("frame %d: the map does not explain the frame (%s): a keyframe to correct it",
-                         frame.index, res.reason)
+        if res.mismatch:  # tracked (a lost result is never a mismatch), relocalized ones included
+            self.counters.mismatch_frames += 1
+            log.info("frame %d: the map does not explain the frame (%s): a keyframe to correct it",
+                     frame.index, res.reason)
         if not res.twist_refined:  # the exposure twist of an ordinary frame comes from its motion
             res.twist = self._motion_twist(last_stamp, last_pose, frame.stamp, res.pose)
         record = _FrameRecord(frame.index, frame.stamp, state, res.pose.copy(), twist=res.twist.copy(),

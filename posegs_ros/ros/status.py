@@ -56,7 +56,7 @@ class StatusSnapshot:
     skips: dict[str, int] = field(default_factory=dict)
     resets: dict[str, int] = field(default_factory=dict)
     lost_frames: int = 0
-    mismatch_frames: int = 0  # tracked, the map's depth off there: made keyframes
+    mismatch_frames: int = 0  # tracked, the map's depth off there: keyframes unless mapping is behind
     relocalizations: int = 0
     reinitializations: int = 0
     groups: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (group id, object-to-map pose)
@@ -185,7 +185,7 @@ class DiagnosticsTracker:
             ("last frame total time [s]", f"{snapshot.timings.get('total', 0.0):.3f}"),
             ("queue latency [s]", f"{snapshot.queue_latency:.3f}"),
             ("lost frames", snapshot.lost_frames),
-            ("map mismatch frames (made keyframes)", snapshot.mismatch_frames),
+            ("map mismatch frames", snapshot.mismatch_frames),
             ("relocalizations", snapshot.relocalizations),
             ("reinitializations", snapshot.reinitializations),
             ("motion groups", len(snapshot.groups)),

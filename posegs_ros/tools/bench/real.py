@@ -128,7 +128,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"| {r['window']} | {r['posed']} / {r['frames']} | {cell(r['ate_cm'], '.2f')} / "
         f"{cell(r['ate_online_cm'], '.2f')} | {cell(r['rpe_cm'], '.2f')}, {cell(r['rpe_deg'], '.3f')} | "
         f"{cell(r['psnr_vs_input'], '.2f')} / {cell(r['ssim_vs_input'], '.3f')} | {r['keyframes']} | "
-        f"{r['gaussians']} | {r.get('mismatch', 0)} / {r['lost']} / {r['reinitializations']} | {r['fps']:.2f} | "
+        f"{r['gaussians']} | {r['mismatch']} / {r['lost']} / {r['reinitializations']} | {r['fps']:.2f} | "
         f"{r['seconds_per_frame']:.2f} | {r['peak_rss_mb']:.0f} |"
         for r in rows
     ))
