@@ -163,6 +163,10 @@ class MappingConfig:
     densify_stride: int = _f(4, "sample every n-th pixel when densifying")
     prune_opacity: float = _f(0.01, "remove Gaussians whose opacity falls below this")
     prune_scale: float = _f(0.5, "remove Gaussians larger than this fraction of the scene extent")
+    defer_new_content: bool = _f(False, "densifying a new keyframe: use the depth triangulated from the flow to the previous "
+                                 "keyframe only where that flow comes back within 1 px, and borrow the nearest rendered depth only "
+                                 "within 2 sampling strides of the map; other new content waits for the next keyframe (mixed on real "
+                                 "frames: README, Real camera data)")
     max_gaussians: int = _f(40000, "cap on the number of Gaussians (memory and time per mapping step)")
     final_iters: int = _f(1600, "offline only (posegs replay): at most this many joint steps over the tracked frames after "
                           "the last one (0 = no final refinement)")

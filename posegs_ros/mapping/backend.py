@@ -46,6 +46,11 @@ __all__ = ["MappingBackend", "BackendStats"]
 
 log = logging.getLogger(__name__)
 
+# mapping.defer_new_content: largest forward-backward flow mismatch (px) of a pixel triangulated
+# between two keyframes
+TRIANGULATION_FB_PX = 1.0
+
+
 @dataclass
 class BackendStats:
     """Counters of the back end (read them from a snapshot's ``extra`` in other threads)."""
@@ -281,12 +286,21 @@ class MappingBackend:
         px = grid_samples(w, h, stride=4)
         fl = flow[px[:, 1].astype(int), px[:, 0].astype(int)].astype(np.float64)
         pa = px + fl
+        seen = np.ones(len(px), bool)
+        if self.cfg.mapping.defer_new_content:
+            # forward-backward check: content that ``a`` did not see (it entered ``b`` at the border
+            # or was hidden) has a flow that does not come back, and a depth that means nothing
+            back = self.flow(img_a, img_b)
+            inside = (pa[:, 0] >= 0) & (pa[:, 0] <= w - 1) & (pa[:, 1] >= 0) & (pa[:, 1] <= h - 1)
+            ua = np.clip(np.rint(pa[:, 0]), 0, w - 1).astype(int)
+            va = np.clip(np.rint(pa[:, 1]), 0, h - 1).astype(int)
+            seen = inside & (np.linalg.norm(fl + back[va, ua].astype(np.float64), axis=1) <= TRIANGULATION_FB_PX)
         k = b.intrinsics.numpy()
         pts = triangulate(k, b.numpy_pose(), a.numpy_pose(), px, pa)
         pose_b = b.numpy_pose()
         z = ((pts - pose_b[:3, 3]) @ pose_b[:3, :3])[:, 2]
         base = np.linalg.norm(pose_b[:3, 3] - a.numpy_pose()[:3, 3])
-        ok = np.isfinite(z) & (z > 0) & (base / np.maximum(z, 1e-9) > 0.01)
+        ok = np.isfinite(z) & (z > 0) & (base / np.maximum(z, 1e-9) > 0.01) & seen
         if ok.sum() < 50:
             return None
         depth = np.full((h, w), np.nan, np.float32)

@@ -34,6 +34,10 @@ __all__ = ["Mapper", "MappingStats", "RoundControl", "scene_tensors"]
 
 log = logging.getLogger(__name__)
 
+# mapping.defer_new_content: densifying a new keyframe, a sample with neither a rendered nor a triangulated depth borrows
+# the nearest rendered depth only this many sampling strides from the map (a hole, not new content)
+GUESS_MAX_GAP_STRIDES = 2
+
 
 def scene_tensors(gmap: GaussianMap, detach: bool = False) -> SceneTensors:
     """Render-ready tensors of the map (detached when Gaussians are not being optimized)."""
@@ -397,12 +401,24 @@ class Mapper:
         if not (transparent.any() or wrong.any()):
             return 0
         d = np.where(alpha > 0.5, depth, np.nan)[vs, us]
+        pick = transparent | wrong
+        rendered = int((np.isfinite(d) & pick).sum())
         if fallback_depth is not None:
             d = np.where(np.isfinite(d), d, fallback_depth[vs, us])
         missing = ~np.isfinite(d)
+        n_pick, n_missing = int(pick.sum()), int((missing & pick).sum())
         if missing.any():
-            d[missing] = _nearest_valid(np.where(alpha > 0.5, depth, np.nan), us[missing], vs[missing])
-        pick = transparent | wrong
+            d[missing], gap = _nearest_valid(np.where(alpha > 0.5, depth, np.nan), us[missing], vs[missing])
+            if fallback_depth is not None and m.defer_new_content:
+                # a new keyframe: far from the map and not triangulated (it just came into view), a
+                # borrowed depth is a guess that tracking would take for geometry -- leave it to the
+                # next keyframe, which sees it from two views
+                far = np.zeros_like(missing)
+                far[missing] = gap > GUESS_MAX_GAP_STRIDES * stride
+                pick &= ~far
+        log.debug("densify: %d transparent, %d badly explained; depth: rendered %d, triangulated %d, borrowed %d, "
+                  "left for a later keyframe %d", int(transparent.sum()), int(wrong.sum()), rendered,
+                  n_pick - rendered - n_missing, int((missing & pick).sum()), n_pick - int(pick.sum()))
         pixels = np.stack([us[pick], vs[pick]], 1).astype(np.float64)
         added = self.add_from_depth(kf, pixels, d[pick], stride=stride, opacity=0.5)
         if kf.dynamic_mask is not None and kf.group_poses:
@@ -472,17 +488,18 @@ class Mapper:
         return self.gmap.remove((opacity < m.prune_opacity) | big)
 
 
-def _nearest_valid(depth: np.ndarray, us: np.ndarray, vs: np.ndarray) -> np.ndarray:
-    """Depth of the nearest finite pixel of ``depth`` ``[H, W]`` for each query; NaN if none."""
+def _nearest_valid(depth: np.ndarray, us: np.ndarray, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Depth ``[M]`` of the nearest finite pixel of ``depth`` ``[H, W]`` for each query and the
+    distance ``[M]`` (px) to it; NaN and inf if there is none."""
     valid = np.isfinite(depth)
     if not valid.any():
-        return np.full(len(us), np.nan)
+        return np.full(len(us), np.nan), np.full(len(us), np.inf)
     import cv2
 
     # distance transform with labels gives, for every pixel, the index of the nearest valid one
-    _, labels = cv2.distanceTransformWithLabels((~valid).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    dist, labels = cv2.distanceTransformWithLabels((~valid).astype(np.uint8), cv2.DIST_L2, 5,
+                                                   labelType=cv2.DIST_LABEL_PIXEL)
     vy, vx = np.nonzero(valid)
     # labels enumerate zero pixels in row-major order starting at 1
-    lut_v, lut_u = vy, vx
     idx = labels[vs, us] - 1
-    return depth[lut_v[idx], lut_u[idx]]
+    return depth[vy[idx], vx[idx]], dist[vs, us].astype(np.float64)

@@ -139,3 +139,55 @@ def test_a_failing_job_is_counted_and_the_thread_goes_on(small_sequence, caplog)
         assert any("ZeroDivisionError" in r.getMessage() for r in caplog.records)
     finally:
         assert backend.stop(TIMEOUT)
+
+
+def _true_pixels_in(seq, j: int, i: int) -> np.ndarray:
+    """``[H, W, 2]``: where each pixel of frame ``j`` lands in frame ``i`` (true depth and poses)."""
+    depth = seq.frames[j].depth
+    h, w = depth.shape
+    vs, us = np.mgrid[0:h, 0:w]
+    k = seq.intrinsics.matrix(torch.float64).numpy()
+    cam = np.linalg.inv(k) @ np.stack([us.ravel(), vs.ravel(), np.ones(h * w)]) * depth.ravel()
+    pose_j, pose_i = seq.frames[j].pose, seq.frames[i].pose
+    world = pose_j[:3, :3] @ cam + pose_j[:3, 3:4]
+    in_i = pose_i[:3, :3].T @ (world - pose_i[:3, 3:4])
+    uv = k @ in_i
+    return (uv[:2] / uv[2]).T.reshape(h, w, 2)
+
+
+def test_triangulated_depth_keeps_only_content_both_keyframes_saw(small_sequence) -> None:
+    """``mapping.defer_new_content``: a depth only where the flow between the keyframes comes back."""
+    seq = small_sequence
+    backend = start(seq, concurrent=False, **{"mapping.defer_new_content": True})
+    scale = backend.scene_scale
+    a, b = keyframe(seq.frames[0], seq.intrinsics, scale), keyframe(seq.frames[8], seq.intrinsics, scale)
+    truth = seq.frames[8].depth
+    h, w = truth.shape
+    in_a = _true_pixels_in(seq, 8, 0)
+    outside = (in_a[..., 0] < 0) | (in_a[..., 0] > w - 1) | (in_a[..., 1] < 0) | (in_a[..., 1] > h - 1)
+    assert outside.mean() > 0.05  # part of frame 8 was never in frame 0's view
+    depth = backend._triangulated_depth(a, b)
+    ok = np.isfinite(depth)
+    assert ok[~outside].mean() > 0.7
+    assert np.median(np.abs(depth[ok & ~outside] / truth[ok & ~outside] - 1)) < 0.1
+    # what entered at the border has no depth (the cells next to it may: 4 px splats)
+    border = outside & (np.abs(in_a[..., 0] - np.clip(in_a[..., 0], 0, w - 1)) > 4)
+    assert border.any() and ok[border].mean() < 0.05
+    # where the flow from ``a`` back to ``b`` disagrees (occlusion, a mismatch) there is no depth either
+    real_flow = backend.flow
+    land = np.rint(in_a[30:62, 40:80].reshape(-1, 2)).astype(int)
+    u0, v0 = np.clip(land.min(0), 0, None)
+    u1, v1 = np.minimum(land.max(0) + 1, [w, h])
+
+    def disagreeing(source: np.ndarray, destination: np.ndarray) -> np.ndarray:
+        flow = real_flow(source, destination)
+        if source is not destination and np.array_equal(source, (a.image.numpy() * 255).astype(np.uint8)):
+            flow[v0:v1, u0:u1] += 3.0  # a -> b only: 3 px off in the patch
+        return flow
+
+    backend.flow = disagreeing
+    depth_fb = backend._triangulated_depth(a, b)
+    patch = np.zeros((h, w), bool)
+    patch[34:58, 44:76] = True  # inside the region that lands in the patch, away from its edges
+    assert ok[patch].mean() > 0.9 and np.isfinite(depth_fb[patch]).mean() < 0.1
+    assert np.isfinite(depth_fb[~outside & ~patch]).mean() > 0.6

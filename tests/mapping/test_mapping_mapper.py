@@ -10,7 +10,7 @@ import torch
 from posegs_ros.config import PosegsConfig, apply_flat
 from posegs_ros.scene.gaussians import GaussianMap
 from posegs_ros.scene.keyframes import Keyframe
-from posegs_ros.mapping.mapper import Mapper
+from posegs_ros.mapping.mapper import GUESS_MAX_GAP_STRIDES, Mapper
 from posegs_ros.tracking.tracker import twist_units
 
 
@@ -69,6 +69,33 @@ def test_densify_fills_an_uncovered_half_and_keeps_optimizer_rows(small_sequence
     pose = kf0.pose
     z = ((new_means - pose[:3, 3]) @ pose[:3, :3])[:, 2].numpy()
     assert np.median(z) > 0.5 * np.median(seq.frames[0].depth)
+
+
+def test_a_new_keyframe_borrows_depth_only_next_to_the_map(small_sequence) -> None:
+    """``mapping.defer_new_content``: densifying a new keyframe (a triangulated depth is given), samples with neither a rendered
+    nor a triangulated depth borrow the nearest rendered one only close to the map; far from it
+    (content that just came into view) they wait for a later keyframe. The final refinement (no
+    triangulated depth) still fills them."""
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"mapping.gaussian_iters": 2, "mapping.pose_iters": 0, "mapping.joint_iters": 0,
+                                      "mapping.defer_new_content": True})
+    gmap, mapper, kf0 = seeded(seq, cfg, left_half_only=True)
+    mapper.optimize([kf0], None)
+    w = seq.intrinsics.width
+    untriangulated = np.full(seq.frames[0].depth.shape, np.nan, np.float32)
+    n_before = len(gmap)
+    mapper.densify(kf0, fallback_depth=untriangulated)
+    new = gmap.means[n_before:].detach().double()
+    k = seq.intrinsics.matrix(torch.float64)
+    cam = (new - kf0.pose[:3, 3]) @ kf0.pose[:3, :3]
+    u = (cam[:, 0] / cam[:, 2] * k[0, 0] + k[0, 2]).numpy()
+    stride = cfg.mapping.densify_stride
+    edge = w // 2  # the seeded map ends here
+    assert (u > edge).any()  # the hole next to the map is filled
+    assert u.max() <= edge + (GUESS_MAX_GAP_STRIDES + 1) * stride
+    assert mapper.render_sharp(kf0).alpha[0, :, w * 3 // 4 :, 0].mean() < 0.1
+    mapper.densify(kf0)  # no triangulated depth at all (final refinement): borrowed everywhere
+    assert mapper.render_sharp(kf0).alpha[0, :, w * 3 // 4 :, 0].mean() > 0.5
 
 
 def test_prune_and_sanitize(small_sequence) -> None:
