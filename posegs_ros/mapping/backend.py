@@ -38,7 +38,7 @@ from ..render._threads import set_thread_budget
 from ..scene.gaussians import GaussianMap
 from ..scene.keyframes import Keyframe, add_to_window, choose_replay
 from ..scene.snapshot import MapEdit, MapSnapshot, MapStore
-from ..tracking.flow import DenseFlow
+from ..tracking.flow import DenseFlow, flow_consistency
 from ..tracking.initialization import grid_samples, triangulate
 from .mapper import Mapper, MappingStats, RoundControl
 
@@ -290,11 +290,8 @@ class MappingBackend:
         if self.cfg.mapping.defer_new_content:
             # forward-backward check: content that ``a`` did not see (it entered ``b`` at the border
             # or was hidden) has a flow that does not come back, and a depth that means nothing
-            back = self.flow(img_a, img_b)
-            inside = (pa[:, 0] >= 0) & (pa[:, 0] <= w - 1) & (pa[:, 1] >= 0) & (pa[:, 1] <= h - 1)
-            ua = np.clip(np.rint(pa[:, 0]), 0, w - 1).astype(int)
-            va = np.clip(np.rint(pa[:, 1]), 0, h - 1).astype(int)
-            seen = inside & (np.linalg.norm(fl + back[va, ua].astype(np.float64), axis=1) <= TRIANGULATION_FB_PX)
+            consistent = flow_consistency(flow, self.flow(img_a, img_b), threshold_px=TRIANGULATION_FB_PX)
+            seen = consistent[px[:, 1].astype(int), px[:, 0].astype(int)]
         k = b.intrinsics.numpy()
         pts = triangulate(k, b.numpy_pose(), a.numpy_pose(), px, pa)
         pose_b = b.numpy_pose()
