@@ -178,6 +178,12 @@ class MappingConfig:
                                "start at this multiple of their online value and decay exponentially back to it (1 = no boost)")
     final_densify_error: float = _f(0.05, "offline only: densify_error of the final refinement (finer detail than online)")
     final_densify_stride: int = _f(2, "offline only: densify_stride of the final refinement")
+    final_grow_grad: float = _f(0.3, "offline only: split (footprint over 1 px) or clone every Gaussian whose view-space "
+                                "positional gradient exceeds this -- the image's summed per-pixel loss per pixel of motion of "
+                                "its centre, mean over the steps that saw it (3DGS's adaptive density control), strongest "
+                                "first up to max_gaussians; 0 = off")
+    final_grow_interval: int = _f(50, "offline only: steps of the final refinement between two growths (final_grow_grad), "
+                                  "in its first 60 %")
     final_max_views: int = _f(200, "offline only: at most this many frames (evenly spaced) join the final refinement")
     optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
     idle_rounds: int = _f(2, "concurrent mapping (node, --realtime): window rounds run after the last keyframe "

@@ -56,6 +56,10 @@ __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings"
 
 log = logging.getLogger(__name__)
 
+# offline, carrying a motion group into frames around its detection: a track whose visible area is more than this
+# multiple of the previous frame's is taken for one that slid onto other content (the walk tries another prediction)
+CARRY_MAX_GROWTH = 1.25
+
 
 class FrameError(ValueError):
     """A frame the engine cannot take (wrong shape / dtype, bad stamp, changed camera)."""
@@ -896,32 +900,47 @@ class Reconstructor:
             seen = [i for i, v in enumerate(views) if g in v.group_poses]
             if not seen:
                 continue
+            seed_area = None  # the group's image area where the walks start
             for walk in (range(seen[0], len(views)), range(seen[0] - 1, -1, -1)):
                 history = [] if walk.start == seen[0] else [views[seen[0]].group_poses[g].detach().numpy()]
+                last_area = None if walk.start == seen[0] else seed_area
                 last_twist = views[seen[0]].group_twists.get(g, torch.zeros(6, dtype=torch.float64)).detach().numpy()
                 for i in walk:
                     view = views[i]
                     known = g in view.group_poses
                     if known:
-                        pred = view.group_poses[g].detach().numpy()
-                    elif len(history) >= 2:
-                        pred = predict_constant_velocity(history[-1], history[-2])
+                        preds = [view.group_poses[g].detach().numpy()]
+                    elif len(history) >= 2:  # constant velocity, or standing still (a swinging object turns)
+                        preds = [predict_constant_velocity(history[-1], history[-2]), history[-1]]
                     elif history:
-                        pred = history[-1]
+                        preds = [history[-1]]
                     else:
                         break
                     others = {o: m.detach().numpy() for o, m in view.group_poses.items() if o != g}
-                    twists = {o: e.detach().numpy() for o, e in view.group_twists.items()}
-                    if not known:  # exposure twist from the walk's velocity (the last one's at its start)
-                        ends = (history[-1], pred) if walk.step > 0 else (pred, history[-1])
-                        twists[g] = initial_twist(*ends, ratio) if len(history) >= 2 else last_twist
-                    track = track_group(
-                        self.flow, (view.image.numpy() * 255 + 0.5).astype(np.uint8), view.intrinsics,
-                        view.numpy_pose(), base, self._settings(view.intrinsics), g, pred, others,
-                        blur=(view.twist().detach().numpy(), twists, self.backend.mapper.subframes(view) | 1),
-                        passes=self.config.tracking.flow_passes, huber_px=self.config.tracking.huber_px,
-                    )
-                    if track.ok and track.inlier_ratio >= dyn.min_group_inliers:
+                    track = None
+                    for pred in preds:
+                        twists = {o: e.detach().numpy() for o, e in view.group_twists.items()}
+                        if not known:  # exposure twist from the walk's velocity (the last one's at its start)
+                            ends = (history[-1], pred) if walk.step > 0 else (pred, history[-1])
+                            twists[g] = initial_twist(*ends, ratio) if len(history) >= 2 else last_twist
+                        attempt = track_group(
+                            self.flow, (view.image.numpy() * 255 + 0.5).astype(np.uint8), view.intrinsics,
+                            view.numpy_pose(), base, self._settings(view.intrinsics), g, pred, others,
+                            blur=(view.twist().detach().numpy(), twists, self.backend.mapper.subframes(view) | 1),
+                            passes=self.config.tracking.flow_passes, huber_px=self.config.tracking.huber_px,
+                        )
+                        # a carried group's image area changes little from one frame to the next: a jump is a
+                        # track that slid onto something else
+                        plausible = known or last_area is None or attempt.visible.sum() <= CARRY_MAX_GROWTH * last_area
+                        if attempt.ok and plausible and (track is None or attempt.inlier_ratio > track.inlier_ratio):
+                            track, pred_used, twists_used = attempt, pred, twists
+                    if track is None:
+                        if known:
+                            history.append(preds[0])
+                            continue
+                        break  # the group left the view (or cannot be followed): stop this walk
+                    pred, twists = pred_used, twists_used
+                    if track.inlier_ratio >= dyn.min_group_inliers:
                         view.group_poses[g] = torch.from_numpy(track.pose.copy())
                         if g not in view.group_twists:
                             view.group_twists[g] = torch.from_numpy(twists.get(g, np.zeros(6)).copy())
@@ -929,6 +948,9 @@ class Reconstructor:
                         view.dynamic_mask = mask if view.dynamic_mask is None else view.dynamic_mask | mask
                         history.append(track.pose)
                         last_twist = view.group_twists[g].detach().numpy()
+                        last_area = float(track.visible.sum())
+                        if i == seen[0]:
+                            seed_area = last_area
                     elif known:
                         history.append(pred)
                     else:

@@ -27,6 +27,7 @@ from ..scene.blur import (
 )
 from ..camera import unproject
 from ..config import PosegsConfig
+from ..geometry import quat_to_rotmat
 from ..scene.gaussians import GaussianMap
 from ..scene.keyframes import Keyframe
 
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 # mapping.defer_new_content: densifying a new keyframe, a sample with neither a rendered nor a triangulated depth borrows
 # the nearest rendered depth only this many sampling strides from the map (a hole, not new content)
 GUESS_MAX_GAP_STRIDES = 2
+# final-refinement growth: a Gaussian whose largest standard deviation covers more than this many pixels (in the views
+# that saw it) is split in two smaller ones, a smaller one is cloned (3DGS's adaptive density control, in pixels)
+GROW_SPLIT_PX = 1.0
+GROW_SPLIT_SHRINK = 1.6  # a split's children have the parent's scales divided by this (3DGS)
+GROW_UNTIL = 0.6  # growth stops after this fraction of the final refinement's steps (the rest fits what was added)
 
 
 def scene_tensors(gmap: GaussianMap, detach: bool = False) -> SceneTensors:
@@ -64,6 +70,19 @@ class RoundControl:
     stop: bool = False  # end the round now (pose corrections made so far are still folded in)
 
 
+@dataclass
+class GradientStats:
+    """Per-Gaussian view-space positional gradients summed over the steps that saw each one."""
+
+    grad_px: Tensor  # [N] sum of |dL / d(projected centre)|, L the per-pixel loss summed over the image (per pixel of motion)
+    footprint_px: Tensor  # [N] sum of the largest standard deviation's size in pixels
+    views: Tensor  # [N] steps in which the Gaussian got a gradient
+
+    @classmethod
+    def zeros(cls, n: int) -> GradientStats:
+        return cls(torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))
+
+
 class Mapper:
     """Owns the optimization of the Gaussians and of the window keyframes' poses."""
 
@@ -73,6 +92,7 @@ class Mapper:
         self.rng = rng
         self.scene_scale = 1.0  # median scene depth at initialization (map units)
         self.steps = 0  # optimization steps taken (all stages, the final refinement included)
+        self.gradients: GradientStats | None = None  # accumulated while the final refinement grows the map
 
     # ------------------------------------------------------------------ setup
     def set_scene_scale(self, scale: float) -> None:
@@ -233,9 +253,26 @@ class Mapper:
         pose_frames = [kf for kf in views if not kf.fixed] if self.cfg.mapping.optimize_poses else []
         order = np.concatenate([self.rng.permutation(len(views)) for _ in range(iterations // len(views) + 1)])
         visits = iter(order[:iterations].tolist())
-        return self._run([("joint", iterations)], list(views), pose_frames, None, None, stats,
-                         pick=lambda: views[next(visits)], final_lr_factor=m.final_lr_factor,
-                         appearance_boost=m.final_lr_boost)
+        between_steps = None
+        if m.final_grow_interval > 0 and m.final_grow_grad > 0:
+            self.gradients = GradientStats.zeros(len(self.gmap))
+            taken = 0
+
+            def between_steps() -> RoundControl:
+                nonlocal taken
+                taken += 1
+                if taken % m.final_grow_interval == 0 and taken <= GROW_UNTIL * iterations:
+                    added, pruned = self.grow()
+                    stats.added += added
+                    stats.pruned += pruned
+                return RoundControl()
+
+        try:
+            return self._run([("joint", iterations)], list(views), pose_frames, None, None, stats,
+                             pick=lambda: views[next(visits)], final_lr_factor=m.final_lr_factor,
+                             appearance_boost=m.final_lr_boost, between_steps=between_steps)
+        finally:
+            self.gradients = None
 
     def _run(
         self,
@@ -346,6 +383,8 @@ class Mapper:
             )
         if not grads_ok:
             return float("nan")
+        if gaussians and self.gradients is not None:
+            self._accumulate_gradients(kf)
         if gaussians:
             self.gmap.step()
         if pose and pose_opt is not None:
@@ -353,6 +392,73 @@ class Mapper:
         return float(loss.detach())
 
     # ---------------------------------------------------- densify and prune
+    @torch.no_grad()
+    def _accumulate_gradients(self, kf: Keyframe) -> None:
+        """Add this step's view-space positional gradient of every static Gaussian that ``kf``
+        saw to :attr:`gradients`: the map-frame gradient of its centre turned into the camera
+        frame, whose x / y parts are ``fx / z`` times the gradient w.r.t. the projected centre."""
+        stats, grad = self.gradients, self.gmap.means.grad
+        if stats is None or grad is None or grad.shape[0] != stats.views.shape[0]:
+            return
+        pose = kf.current_pose().detach()
+        rot, t = pose[:3, :3], pose[:3, 3]
+        g = grad.double() @ rot  # [N, 3] camera frame
+        z = ((self.gmap.means.detach().double() - t) @ rot)[:, 2]
+        seen = (grad.abs().sum(1) > 0) & (z > 0) & (self.gmap.group_ids == 0)
+        px_per_unit = kf.intrinsics.fx / z.clamp_min(1e-9)
+        pixels = kf.intrinsics.width * kf.intrinsics.height  # the loss is a mean: make the threshold resolution-free
+        stats.grad_px += torch.where(seen, g[:, :2].norm(dim=1) / px_per_unit * pixels, 0.0)
+        size = torch.exp(self.gmap.log_scales.detach().double()).max(dim=1).values * px_per_unit
+        stats.footprint_px += torch.where(seen, size, 0.0)
+        stats.views += seen.double()
+
+    @torch.no_grad()
+    def grow(self) -> tuple[int, int]:
+        """3DGS's adaptive density control on the accumulated view-space gradients: every static
+        Gaussian whose mean gradient over the views that saw it exceeds ``mapping.final_grow_grad``
+        is split in two (``GROW_SPLIT_SHRINK`` times smaller, centres drawn from it) when its
+        footprint exceeds ``GROW_SPLIT_PX`` pixels, else cloned (a copy drawn from it); the
+        strongest gradients first while the cap leaves room. Nearly transparent Gaussians are
+        pruned first to make room. Resets the accumulation; returns (added, pruned)."""
+        stats = self.gradients
+        if stats is None or stats.views.shape[0] != len(self.gmap):
+            return 0, 0
+        faint = torch.sigmoid(self.gmap.opacity_logits.detach()) < self.cfg.mapping.prune_opacity
+        pruned = self.gmap.remove(faint)
+        views = stats.views[~faint]
+        mean_grad = stats.grad_px[~faint] / views.clamp_min(1.0)
+        footprint = stats.footprint_px[~faint] / views.clamp_min(1.0)
+        n = len(self.gmap)
+        room = max(self.gmap.max_gaussians - n, 0)
+        candidates = torch.nonzero((mean_grad > self.cfg.mapping.final_grow_grad) & (views > 0)).flatten()
+        self.gradients = GradientStats.zeros(n)
+        if room == 0 or candidates.numel() == 0:
+            return 0, pruned
+        candidates = candidates[torch.argsort(mean_grad[candidates], descending=True)][:room]
+        split = footprint[candidates] > GROW_SPLIT_PX
+        log_scales = self.gmap.log_scales.detach()[candidates].double()
+        scales = torch.exp(log_scales)
+        rot = quat_to_rotmat(self.gmap.quats.detach()[candidates].double())
+        gen = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
+        offsets = torch.randn(len(candidates), 3, generator=gen, dtype=torch.float64) * scales
+        means = self.gmap.means.detach()[candidates].double()
+        child = means + (rot @ offsets[..., None])[..., 0]
+        child_scales = torch.where(split[:, None], log_scales - math.log(GROW_SPLIT_SHRINK), log_scales)
+        added = self.gmap.duplicate(candidates, child, child_scales)
+        if added == 0:
+            return 0, pruned
+        split, candidates = split[:added], candidates[:added]
+        # a split Gaussian becomes the second child: shrunk, moved to the opposite draw
+        params = self.gmap.params
+        params["scales"].data[candidates[split]] = child_scales[:added][split].to(params["scales"].dtype)
+        params["means"].data[candidates[split]] = (means - (child - means))[:added][split].to(params["means"].dtype)
+        self.gradients = GradientStats.zeros(len(self.gmap))
+        log.debug("grow: %d split, %d cloned, %d pruned (%d Gaussians); mean gradient q50 / q90 / q99 %s, footprint "
+                  "q50 %.2f px", int(split.sum()), int((~split).sum()), pruned, len(self.gmap),
+                  np.round(np.quantile(mean_grad[views > 0].numpy(), [0.5, 0.9, 0.99]), 3),
+                  float(footprint[views > 0].median()))
+        return added, pruned
+
     @torch.no_grad()
     def render_sharp(self, kf: Keyframe, only_group: int | None = None) -> RenderOutput:
         """Sharp render ``s = 0`` at the keyframe's current pose (rgb, depth, alpha, C = 1), motion

@@ -209,6 +209,28 @@ class GaussianMap:
         self.group_ids = torch.cat([self.group_ids, gids], 0)
         return m
 
+    @torch.no_grad()
+    def duplicate(self, index: Tensor, means: Tensor, log_scales: Tensor) -> int:
+        """Append copies of Gaussians ``index`` ``[M]`` (long) at ``means`` ``[M, 3]`` with
+        ``log_scales`` ``[M, 3]`` (every other parameter and the group id copied, fresh Adam
+        moments); the cap may cut the batch. Returns how many were added."""
+        room = max(self.max_gaussians - len(self), 0)
+        index, means, log_scales = index[:room], means[:room], log_scales[:room]
+        m = int(index.shape[0])
+        if m == 0:
+            return 0
+        rows = {name: self.params[name].detach()[index] for name in PARAM_NAMES}
+        rows["means"] = means.to(self.device, self.dtype)
+        rows["scales"] = log_scales.to(self.device, self.dtype)
+        if not all(torch.isfinite(v).all() for v in rows.values()):
+            raise ValueError("refusing to add Gaussians with non-finite parameters")
+        self._replace(
+            {name: torch.cat([self.params[name].detach(), rows[name]], 0) for name in PARAM_NAMES},
+            lambda s: torch.cat([s, torch.zeros((m, *s.shape[1:]), dtype=s.dtype, device=s.device)], 0),
+        )
+        self.group_ids = torch.cat([self.group_ids, self.group_ids[index]], 0)
+        return m
+
     def keep(self, mask: Tensor) -> int:
         """Keep only the Gaussians where ``mask`` ``[N]`` (bool) is True; returns how many were removed."""
         if mask.shape != (len(self),) or mask.dtype != torch.bool:

@@ -208,3 +208,71 @@ def test_camera_learns_from_static_pixels_only_when_a_group_covers_an_object(sma
     assert torch.count_nonzero(cam_a) > 0
     torch.testing.assert_close(cam_a, cam_b)  # the camera does not see it
     assert not torch.allclose(group_a, group_b)  # its group does
+
+
+# the final refinement's error / hole densification off: growth alone adds Gaussians
+NO_DENSIFY = {"mapping.final_densify_error": 1.0, "mapping.densify_alpha": 0.0}
+
+
+def coarse_map_with_a_detailed_patch(seq, cfg, patch: tuple[slice, slice]):
+    """A target that is flat grey except inside ``patch`` (rows, cols), where it shows frame 0's
+    sharp texture, and a map of it from Gaussians every 6 px: only in the patch does the map
+    fall short."""
+    f0 = seq.frames[0]
+    gmap = GaussianMap(0, 40_000)
+    mapper = Mapper(cfg, gmap, np.random.default_rng(0))
+    mapper.set_scene_scale(float(np.median(f0.depth)))
+    kf = keyframe(f0, seq.intrinsics, mapper.scene_scale, fixed=True)
+    target = torch.full_like(kf.image, 0.5)
+    target[patch] = torch.from_numpy(f0.sharp[patch]).float() / 255
+    kf.image = target
+    h, w = f0.depth.shape
+    vs, us = np.mgrid[-3:h + 6:6, -3:w + 6:6]  # one row / column beyond the image: even cover at the border
+    mapper.add_from_depth(kf, np.stack([us.ravel(), vs.ravel()], 1).astype(float),
+                          np.full(us.size, float(np.median(f0.depth))), stride=6.0, opacity=0.9)
+    return gmap, mapper, kf
+
+
+def test_final_refinement_grows_the_map_where_it_falls_short_and_nowhere_else(small_sequence) -> None:
+    """Gradient-driven growth (``mapping.final_grow_grad``): the Gaussians added by splitting and
+    cloning sit where the target shows detail the coarse map lacks, and the patch's error drops
+    more than without growth; the cap holds."""
+    seq = small_sequence
+    rows, cols = slice(24, 72), slice(16, 64)
+    errors, maps = {}, {}
+    for grow in (0.0, 1.0):
+        cfg = apply_flat(PosegsConfig(), {"blur.subframes": 1, "mapping.final_lr_boost": 1.0, **NO_DENSIFY,
+                                          "mapping.final_grow_grad": grow, "mapping.final_grow_interval": 20})
+        gmap, mapper, kf = coarse_map_with_a_detailed_patch(seq, cfg, (rows, cols))
+        n0 = len(gmap)
+        stats = mapper.refine_all([kf], 300)
+        pred = mapper.render_sharp(kf).rgb[0]
+        errors[grow] = float((pred - kf.image)[rows, cols].abs().mean())
+        maps[grow] = (n0, gmap, kf)
+        if grow == 0.0:
+            assert len(gmap) <= n0 and stats.added == 0
+    n0, gmap, kf = maps[1.0]
+    assert len(gmap) > n0 + 100
+    new = gmap.means[n0:].detach().double()  # duplicates are appended after the seeded rows
+    k = seq.intrinsics.matrix(torch.float64)
+    cam = (new - kf.pose[:3, 3]) @ kf.pose[:3, :3]
+    u = (cam[:, 0] / cam[:, 2] * k[0, 0] + k[0, 2]).numpy()
+    v = (cam[:, 1] / cam[:, 2] * k[1, 1] + k[1, 2]).numpy()
+    margin = 9  # 1.5 seeding strides: a Gaussian just outside the patch reaches into it
+    inside = (u > cols.start - margin) & (u < cols.stop + margin) & (v > rows.start - margin) & (v < rows.stop + margin)
+    area = (cols.stop - cols.start + 2 * margin) * (rows.stop - rows.start + 2 * margin) / (seq.intrinsics.width * seq.intrinsics.height)
+    assert area < 0.4 and inside.mean() > 0.8  # 35 % of the image holds over 80 % of what was added
+    assert errors[1.0] < 0.9 * errors[0.0]
+
+
+def test_growth_respects_the_cap(small_sequence) -> None:
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"blur.subframes": 1, "mapping.final_grow_grad": 1.0,
+                                      "mapping.final_grow_interval": 10, **NO_DENSIFY})
+    gmap, mapper, kf = coarse_map_with_a_detailed_patch(seq, cfg, (slice(24, 72), slice(16, 64)))
+    gmap.max_gaussians = len(gmap) + 40
+    mapper.refine_all([kf], 60)
+    assert len(gmap) <= gmap.max_gaussians
+    assert len(gmap) >= gmap.max_gaussians - 40 + 20  # it did grow, up to the cap
+    for name, opt in gmap.optimizers.items():
+        assert opt.state[gmap.params[name]]["exp_avg"].shape[0] == len(gmap)

@@ -60,6 +60,27 @@ def test_add_appends_zero_moments_and_keeps_old_ones() -> None:
     take_step(gmap)
 
 
+def test_duplicate_copies_rows_with_new_centres_and_scales_up_to_the_cap() -> None:
+    gmap = make_map(6, cap=9)
+    gmap.group_ids[4] = 3
+    take_step(gmap)
+    old = {name: p.detach().clone() for name, p in gmap.params.items()}
+    index = torch.tensor([4, 1, 2, 0])
+    means, log_scales = torch.full((4, 3), 7.0), torch.full((4, 3), -3.0)
+    assert gmap.duplicate(index, means, log_scales) == 3  # the cap leaves room for three
+    assert len(gmap) == 9 and torch.equal(gmap.params["means"][:6], old["means"])
+    assert torch.equal(gmap.params["means"][6:], means[:3]) and torch.equal(gmap.params["scales"][6:], log_scales[:3])
+    for name in ("quats", "opacities", "sh0", "shN"):
+        assert torch.equal(gmap.params[name][6:], old[name][index[:3]])
+    assert gmap.group_ids.tolist() == [0, 0, 0, 0, 3, 0, 3, 0, 0]
+    state = gmap.optimizers["means"].state[gmap.params["means"]]["exp_avg"]
+    assert state.shape[0] == 9 and torch.count_nonzero(state[6:]) == 0
+    assert gmap.duplicate(index, means, log_scales) == 0
+    with pytest.raises(ValueError, match="non-finite"):
+        make_map(2).duplicate(torch.tensor([0]), torch.full((1, 3), float("nan")), torch.zeros(1, 3))
+    take_step(gmap)
+
+
 def test_capacity_cap_limits_additions() -> None:
     gmap = make_map(8, cap=10)
     assert gmap.add(torch.zeros(5, 3), torch.rand(5, 3), torch.full((5,), 0.1)) == 2
