@@ -453,10 +453,11 @@ class Mapper:
         params["scales"].data[candidates[split]] = child_scales[:added][split].to(params["scales"].dtype)
         params["means"].data[candidates[split]] = (means - (child - means))[:added][split].to(params["means"].dtype)
         self.gradients = GradientStats.zeros(len(self.gmap))
-        log.debug("grow: %d split, %d cloned, %d pruned (%d Gaussians); mean gradient q50 / q90 / q99 %s, footprint "
-                  "q50 %.2f px", int(split.sum()), int((~split).sum()), pruned, len(self.gmap),
-                  np.round(np.quantile(mean_grad[views > 0].numpy(), [0.5, 0.9, 0.99]), 3),
-                  float(footprint[views > 0].median()))
+        if log.isEnabledFor(logging.DEBUG):  # the quantiles are for tuning only
+            log.debug("grow: %d split, %d cloned, %d pruned (%d Gaussians); mean gradient q50 / q90 / q99 %s, "
+                      "footprint q50 %.2f px", int(split.sum()), int((~split).sum()), pruned, len(self.gmap),
+                      np.round(np.quantile(mean_grad[views > 0].numpy(), [0.5, 0.9, 0.99]), 3),
+                      float(footprint[views > 0].median()))
         return added, pruned
 
     @torch.no_grad()

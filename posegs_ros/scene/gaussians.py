@@ -199,15 +199,7 @@ class GaussianMap:
             "sh0": rgb_to_sh0(rgb.to(dev, dt))[:, None, :],
             "shN": torch.zeros(m, k - 1, 3, device=dev, dtype=dt),
         }
-        if not all(torch.isfinite(v).all() for v in rows.values()):
-            raise ValueError("refusing to add Gaussians with non-finite parameters")
-        self._replace(
-            {name: torch.cat([self.params[name].detach(), rows[name]], 0) for name in PARAM_NAMES},
-            lambda s: torch.cat([s, torch.zeros((m, *s.shape[1:]), dtype=s.dtype, device=s.device)], 0),
-        )
-        gids = torch.as_tensor(group_ids, dtype=torch.long, device=dev).expand(m)
-        self.group_ids = torch.cat([self.group_ids, gids], 0)
-        return m
+        return self._append(rows, torch.as_tensor(group_ids, dtype=torch.long, device=dev).expand(m))
 
     @torch.no_grad()
     def duplicate(self, index: Tensor, means: Tensor, log_scales: Tensor) -> int:
@@ -222,13 +214,19 @@ class GaussianMap:
         rows = {name: self.params[name].detach()[index] for name in PARAM_NAMES}
         rows["means"] = means.to(self.device, self.dtype)
         rows["scales"] = log_scales.to(self.device, self.dtype)
+        return self._append(rows, self.group_ids[index])
+
+    def _append(self, rows: Mapping[str, Tensor], group_ids: Tensor) -> int:
+        """Append ``rows`` (every name of ``PARAM_NAMES``, ``[M, ...]`` stored form) with
+        ``group_ids`` ``[M]`` and zero Adam moments; refuses non-finite values. Returns M."""
         if not all(torch.isfinite(v).all() for v in rows.values()):
             raise ValueError("refusing to add Gaussians with non-finite parameters")
+        m = int(group_ids.shape[0])
         self._replace(
             {name: torch.cat([self.params[name].detach(), rows[name]], 0) for name in PARAM_NAMES},
             lambda s: torch.cat([s, torch.zeros((m, *s.shape[1:]), dtype=s.dtype, device=s.device)], 0),
         )
-        self.group_ids = torch.cat([self.group_ids, self.group_ids[index]], 0)
+        self.group_ids = torch.cat([self.group_ids, group_ids], 0)
         return m
 
     def keep(self, mask: Tensor) -> int:
