@@ -148,6 +148,8 @@ class MappingConfig:
     pose_iters: int = _f(10, "stage 2: pose + exposure-twist steps with Gaussians fixed")
     joint_iters: int = _f(15, "stage 3: joint steps")
     lr_means: float = _f(1.6e-4, "Adam learning rate of Gaussian means (times scene scale)")
+    window_means_lr_factor: float = _f(1.0, "online window rounds move Gaussian means at this factor of lr_means "
+                                            "(the final refinement at lr_means)")
     lr_colors: float = _f(5.0e-3, "Adam learning rate of colours")
     lr_opacity: float = _f(5.0e-2, "Adam learning rate of opacity logits")
     lr_scales: float = _f(5.0e-3, "Adam learning rate of log-scales")

@@ -235,7 +235,8 @@ class Mapper:
         schedule = [("gaussians", m.gaussian_iters), ("poses", m.pose_iters if poses else 0), ("joint", m.joint_iters)]
         frames = list(window) + ([replay] if replay is not None else [])
         pose_frames = [kf for kf in window if not kf.fixed] if poses else []
-        return self._run(schedule, frames, pose_frames, newest, fallback_depth, stats, between_steps=between_steps)
+        return self._run(schedule, frames, pose_frames, newest, fallback_depth, stats, between_steps=between_steps,
+                         means_lr_factor=m.window_means_lr_factor)
 
     def refine_all(self, views: list[Keyframe], iterations: int) -> MappingStats:
         """Offline final refinement over ``views`` (keyframes and, in replay, every tracked frame).
@@ -286,19 +287,22 @@ class Mapper:
         final_lr_factor: float = 1.0,
         appearance_boost: float = 1.0,
         between_steps: Callable[[], RoundControl] | None = None,
+        means_lr_factor: float = 1.0,
     ) -> MappingStats:
         """Run ``schedule`` [(stage, steps)]; learning rates of positions and poses decay
-        exponentially to ``final_lr_factor`` times their value over the run (1 = constant); those
+        exponentially to ``final_lr_factor`` times their value over the run (1 = constant; the
+        positions' from ``means_lr_factor`` times theirs); those
         of colours, opacities, scales and rotations start at ``appearance_boost`` times their value
         and decay exponentially back to it."""
         frames = list(frames)
         stopped = False
         pose_opt = self._pose_optimizer(pose_frames) if pose_frames else None
-        decaying = [g for opt in ([pose_opt] if pose_opt else []) + [self.gmap.optimizers.get("means")] if opt
-                    for g in opt.param_groups]
+        means = self.gmap.optimizers.get("means")
+        means_groups = means.param_groups if means is not None else []
         boosted = [g for name, opt in self.gmap.optimizers.items() if name != "means" for g in opt.param_groups]
         # (param group, its rate, factor at the start, factor at the end): exponential in between
-        schedules = [(g, g["lr"], 1.0, final_lr_factor) for g in decaying]
+        schedules = [(g, g["lr"], 1.0, final_lr_factor) for g in (pose_opt.param_groups if pose_opt else [])]
+        schedules += [(g, g["lr"], means_lr_factor, means_lr_factor * final_lr_factor) for g in means_groups]
         schedules += [(g, g["lr"], appearance_boost, 1.0) for g in boosted]
         total = max(sum(n for _, n in schedule), 1)
         step_index = 0

@@ -405,7 +405,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, metavar="OUT", help="output directory (bag/, gt.tum, meta.json)")
     parser.add_argument("--camera", default=None,
                         help="fx,fy,cx,cy[,k1,k2,p1,p2,k3] of the images on disk (default: TUM freiburg1/2/3 "
-                             "from the folder name, 7-Scenes 585,585,320,240)")
+                             "from the folder name; 7-Scenes: camera-intrinsics.txt, else 585,585,320,240 -- the depth "
+                             "camera's: its colour images fit 525,525,320,240 better)")
     parser.add_argument("--resize", type=parse_size, default=None, metavar="WxH",
                         help="resize images, intrinsics scaled to match")
     parser.add_argument("--max-frames", type=int, default=None, help="convert only N images")

@@ -276,3 +276,27 @@ def test_growth_respects_the_cap(small_sequence) -> None:
     assert len(gmap) >= gmap.max_gaussians - 40 + 20  # it did grow, up to the cap
     for name, opt in gmap.optimizers.items():
         assert opt.state[gmap.params[name]]["exp_avg"].shape[0] == len(gmap)
+
+
+def test_window_rounds_move_means_at_their_factor_and_the_final_refinement_at_the_full_rate(small_sequence) -> None:
+    seq = small_sequence
+    flat = {"mapping.gaussian_iters": 4, "mapping.pose_iters": 0, "mapping.joint_iters": 0, "blur.subframes": 1,
+            "mapping.final_grow_grad": 0.0, "mapping.final_lr_factor": 1.0, **NO_DENSIFY}
+    moved = {}
+    for factor in (1.0, 0.1):
+        cfg = apply_flat(PosegsConfig(), {**flat, "mapping.window_means_lr_factor": factor})
+        gmap, mapper, kf0 = seeded(seq, cfg)
+        kf0.image = kf0.image.flip(1)  # a target the seeded map does not explain: the means must move
+        start = gmap.means.detach().clone()
+        lr = mapper.gmap.optimizers["means"].param_groups[0]["lr"]
+        mapper.optimize([kf0], None)
+        assert mapper.gmap.optimizers["means"].param_groups[0]["lr"] == lr  # restored after the round
+        moved[factor] = float((gmap.means.detach() - start).abs().max())
+        if factor == 0.1:
+            before = gmap.means.detach().clone()
+            mapper.refine_all([kf0], 4)
+            final_step = float((gmap.means.detach() - before).abs().max())
+    # Adam's first steps move each mean by ~lr: a tenth of the rate, a tenth of the motion
+    assert moved[0.1] < 0.15 * moved[1.0]
+    assert final_step > 0.5 * moved[1.0]  # the final refinement is not slowed
+
