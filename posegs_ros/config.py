@@ -193,6 +193,10 @@ class MappingConfig:
     thread_nice: int = _f(5, "concurrent mapping: niceness added to the mapping thread so per-frame tracking "
                           "wins the CPU (Linux; 0 = same priority)")
 
+    def __post_init__(self) -> None:
+        if not self.window_means_lr_factor >= 0:
+            raise ConfigError(f"mapping.window_means_lr_factor must be >= 0, got {self.window_means_lr_factor}")
+
 
 @dataclass
 class BlurConfig:

@@ -103,3 +103,8 @@ def test_presets_differ_as_documented_and_explicit_settings_win(tmp_path: Path) 
     assert load_config(f, overrides={"preset": "fast"}).mapping.final_steps_per_view == fast.mapping.final_steps_per_view
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(overrides={"preset": "turbo"})
+
+
+def test_a_negative_window_means_rate_factor_is_refused() -> None:
+    with pytest.raises(ConfigError, match="window_means_lr_factor must be >= 0"):
+        apply_flat(PosegsConfig(), {"mapping.window_means_lr_factor": -0.1})
