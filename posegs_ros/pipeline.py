@@ -917,6 +917,10 @@ class Reconstructor:
                     else:
                         break
                     others = {o: m.detach().numpy() for o, m in view.group_poses.items() if o != g}
+                    # what every prediction's attempt shares: the view's image, camera, settings and sub-frames
+                    image = (view.image.numpy() * 255 + 0.5).astype(np.uint8)
+                    camera_pose, camera_twist = view.numpy_pose(), view.twist().detach().numpy()
+                    settings, subframes = self._settings(view.intrinsics), self.backend.mapper.subframes(view) | 1
                     track = None
                     for pred in preds:
                         twists = {o: e.detach().numpy() for o, e in view.group_twists.items()}
@@ -924,9 +928,8 @@ class Reconstructor:
                             ends = (history[-1], pred) if walk.step > 0 else (pred, history[-1])
                             twists[g] = initial_twist(*ends, ratio) if len(history) >= 2 else last_twist
                         attempt = track_group(
-                            self.flow, (view.image.numpy() * 255 + 0.5).astype(np.uint8), view.intrinsics,
-                            view.numpy_pose(), base, self._settings(view.intrinsics), g, pred, others,
-                            blur=(view.twist().detach().numpy(), twists, self.backend.mapper.subframes(view) | 1),
+                            self.flow, image, view.intrinsics, camera_pose, base, settings, g, pred, others,
+                            blur=(camera_twist, twists, subframes),
                             passes=self.config.tracking.flow_passes, huber_px=self.config.tracking.huber_px,
                         )
                         # a carried group's image area changes little from one frame to the next: a jump is a
