@@ -29,6 +29,7 @@ __all__ = [
     "MappingConfig",
     "BlurConfig",
     "DynamicConfig",
+    "CalibrationConfig",
     "PosegsConfig",
     "PRESETS",
     "preset_config",
@@ -246,6 +247,31 @@ class DynamicConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Focal-length self-calibration from the first seconds of tracking (posegs_ros.tracking.calibration)."""
+
+    focal: str = _f("auto", "auto = once calibration.frames frames are posed, estimate the focal length by bundle "
+                    "adjustment over point tracks started from the online poses; an estimate that differs from "
+                    "camera_info by min_change or more restarts the map with it (those frames tracked again) | "
+                    "fixed = camera_info as given")
+    frames: int = _f(90, "posed frames the estimate waits for (3 s at 30 Hz: enough hand-held rotation); their images "
+                     "are held until then (at most 2 x frames: fewer posed by then = no estimate)")
+    view_step: int = _f(3, "every this many of those frames take part in the adjustment")
+    max_points: int = _f(400, "point tracks in the adjustment (the longest)")
+    min_change: float = _f(0.05, "relative focal change below which camera_info stays (estimates on synthetic sequences "
+                           "with the true focal stay within 3 %)")
+    max_change: float = _f(0.3, "relative focal change above which the estimate is not trusted")
+    max_sigma: float = _f(0.02, "largest standard deviation of the estimated focal scale that is trusted")
+
+    def __post_init__(self) -> None:
+        if self.focal not in ("auto", "fixed"):
+            raise ConfigError(f"calibration.focal must be auto or fixed, got {self.focal!r}")
+        if self.frames < 12 or self.view_step < 1 or not 0 <= self.min_change <= self.max_change:
+            raise ConfigError(f"calibration: need frames >= 12, view_step >= 1 and 0 <= min_change <= max_change, "
+                              f"got {self.frames}, {self.view_step}, {self.min_change}, {self.max_change}")
+
+
+@dataclass
 class PosegsConfig:
     """The whole configuration."""
 
@@ -260,6 +286,7 @@ class PosegsConfig:
     mapping: MappingConfig = field(default_factory=MappingConfig)
     blur: BlurConfig = field(default_factory=BlurConfig)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
 # name -> settings it changes (dotted names); every other setting keeps its default. "balanced"

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -46,6 +46,7 @@ from .scene.deblur import fuse_deblurred
 from .scene.gaussians import sh0_to_rgb, write_ply
 from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe
 from .scene.snapshot import MapEdit, MapSnapshot, MapStore
+from .tracking.calibration import estimate_focal_scale, track_points
 from .tracking.flow import DenseFlow
 from .tracking.initialization import TwoViewResult, grid_samples, try_two_view
 from .tracking.tracker import (
@@ -127,6 +128,7 @@ class FrameResult:
     group_poses: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> [4, 4] object-to-map
     dynamic_mask: np.ndarray | None = None  # [H, W] bool, True on moving objects
     late: list[TrajectoryPoint] = field(default_factory=list)  # earlier frames posed since the last result
+    restarted: bool = False  # the map restarted (focal calibration): ``late`` replaces every earlier pose
     _render: Callable[[], tuple[np.ndarray, np.ndarray]] | None = field(default=None, repr=False)
     _cache: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
@@ -186,6 +188,7 @@ class EngineCounters:
     groups_spawned: int = 0
     groups_merged: int = 0
     passes_cut: int = 0  # live camera: frames whose extra tracking pass was left out to keep up (tracking.frame_budget)
+    focal_restarts: int = 0  # the map restarted with a self-calibrated focal length (calibration.focal = auto)
 
 
 def camera_period(steps: Iterable[float]) -> float | None:
@@ -248,6 +251,10 @@ class Reconstructor:
         (a mapping round in flight is stopped first)."""
         self._new_map()
         self._records = []
+        self._focal_scale = 1.0  # focal length used / camera_info's (focal self-calibration)
+        self.calibration: dict | None = None  # what the focal self-calibration found and did (None: not yet)
+        # the frames as given since the reset, until the focal self-calibration has decided
+        self._calibration_frames: list[Frame] | None = [] if self.config.calibration.focal == "auto" else None
         self._map_index = 0  # maps started so far - 1 (re-initializations)
         self._retired: dict[int, MapSnapshot] = {}  # earlier maps' last snapshots, by map index
         self.counters = EngineCounters()
@@ -275,7 +282,8 @@ class Reconstructor:
         self._preinit: deque[tuple[Frame, int]] = deque()  # frames that left the buffer, posed after initialization
         self._history: list[_FrameRecord] = []  # the last tracked frames (constant-velocity prediction)
         self._lost_run = 0
-        self._intrinsics: Intrinsics | None = None
+        self._intrinsics: Intrinsics | None = None  # the map's camera (after focal calibration)
+        self._input_intrinsics: Intrinsics | None = None  # the camera as the frames give it
         self._scene_scale = 1.0
         self._keyframe_stamps: list[float] = []  # of every keyframe handed to mapping, by id
         self._pending_poses: dict[int, np.ndarray] = {}  # keyframe id -> [4, 4] until a snapshot has it
@@ -319,12 +327,35 @@ class Reconstructor:
         """Track ``frame`` and return its pose; a keyframe goes to mapping (inline: mapped
         before this returns; concurrent: queued for the mapping thread).
 
+        Once ``calibration.frames`` frames are posed (``calibration.focal = auto``) this call also
+        estimates the focal length; when the map restarts with it, the frames so far are tracked
+        again and their new poses come back in ``late`` (``restarted`` set).
+
         Raises:
             FrameError: the frame is malformed, its stamp does not increase, or its camera
                 differs from the map's (callers reset or skip; the map is untouched).
         """
         self._validate(frame)
         self._enter_thread()
+        result = self._process(frame)
+        if self._calibration_frames is not None:
+            self._calibration_frames.append(frame)
+            restarted = self._calibrate_focal()
+            if restarted is not None:
+                result = restarted
+        return result
+
+    def calibrated(self, intrinsics: Intrinsics) -> Intrinsics:
+        """The camera the map uses for frames given with ``intrinsics`` (focal self-calibration applied)."""
+        if self._focal_scale == 1.0:
+            return intrinsics
+        return replace(intrinsics, fx=intrinsics.fx * self._focal_scale, fy=intrinsics.fy * self._focal_scale)
+
+    def _process(self, frame: Frame) -> FrameResult:
+        """:meth:`process` after validation, for a frame with the camera as given."""
+        if self._input_intrinsics is None:
+            self._input_intrinsics = frame.intrinsics
+        frame = replace(frame, intrinsics=self.calibrated(frame.intrinsics))
         t_start = time.perf_counter()
         late = self._take_late_poses()
         self.counters.frames += 1
@@ -345,6 +376,72 @@ class Reconstructor:
         result.late = [self._point(self._records[i], self.store.latest(), online=True) for i in late]
         return result
 
+    def _calibrate_focal(self) -> FrameResult | None:
+        """Focal self-calibration (:mod:`posegs_ros.tracking.calibration`) once enough frames are
+        posed; restarts the map when the estimate is adopted and returns the newest frame's result."""
+        cfg = self.config.calibration
+        frames = self._calibration_frames
+        assert frames is not None
+        by_index = {rec.index: rec for rec in self._records}
+        posed = [i for i, f in enumerate(frames)
+                 if (rec := by_index.get(f.index)) is not None and rec.state is TrackingState.TRACKING]
+        if len(posed) < cfg.frames and len(frames) < 2 * cfg.frames and self._map_index == 0:
+            return None
+        given = frames[0].intrinsics
+        outcome: dict = {"focal": "auto", "given_fx": given.fx, "given_fy": given.fy, "frames": len(frames),
+                         "posed_frames": len(posed), "adopted": False}
+        self._calibration_frames = None  # decided, whatever the outcome
+        t0 = time.perf_counter()
+        if self._map_index != 0:
+            outcome["reason"] = "the map re-initialized before enough frames were posed"
+        elif len(posed) < cfg.frames:
+            outcome["reason"] = f"only {len(posed)} of {len(frames)} frames tracked"
+        else:
+            poses = np.full((len(frames), 4, 4), np.nan)
+            for i in posed:
+                poses[i] = by_index[frames[i].index].online_pose
+            grays = [cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY) for f in frames]
+            estimate = estimate_focal_scale(track_points(grays), poses, given.numpy(), posed[:: cfg.view_step],
+                                            max_points=cfg.max_points)
+            if estimate is None:
+                outcome["reason"] = "too few point tracks or views"
+            else:
+                change = abs(estimate.scale - 1.0)
+                outcome["estimate"] = estimate.as_dict()
+                if not estimate.sigma <= cfg.max_sigma:
+                    outcome["reason"] = f"not well determined (sigma {estimate.sigma:.3f} > {cfg.max_sigma})"
+                elif change > cfg.max_change:
+                    outcome["reason"] = f"change {100 * change:.1f} % beyond calibration.max_change"
+                elif change < cfg.min_change:
+                    outcome["reason"] = f"within {100 * cfg.min_change:.0f} % of camera_info"
+                else:
+                    outcome.update(adopted=True, reason=f"focal {100 * (estimate.scale - 1):+.1f} % off camera_info")
+        outcome["seconds"] = time.perf_counter() - t0
+        scale = outcome["estimate"]["scale"] if outcome["adopted"] else 1.0
+        outcome.update(fx=given.fx * scale, fy=given.fy * scale)
+        log.info("focal self-calibration: %s: fx %.1f -> %.1f px (%s)", "adopted" if outcome["adopted"] else "kept",
+                 given.fx, outcome["fx"], outcome["reason"])
+        if not outcome["adopted"]:
+            self.calibration = outcome
+            return None
+        return self._restart(frames, scale, outcome)
+
+    def _restart(self, frames: list[Frame], focal_scale: float, calibration: dict) -> FrameResult:
+        """Start the map again with the focal scaled by ``focal_scale`` and track ``frames`` (the
+        frames since the reset, newest last) again; returns the newest one's result with every
+        earlier frame's new pose in ``late``."""
+        self.reset()
+        self._focal_scale, self.calibration, self._calibration_frames = focal_scale, calibration, None
+        self.counters.focal_restarts += 1
+        for frame in frames[:-1]:
+            self._process(frame)
+        result = self._process(frames[-1])
+        snap = self.store.latest()
+        result.late = [self._point(rec, snap, online=True) for rec in self._records[:-1]
+                       if rec.state is not TrackingState.INITIALIZING]
+        result.restarted = True
+        return result
+
     def _validate(self, frame: Frame) -> None:
         img = frame.image
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
@@ -359,8 +456,10 @@ class Reconstructor:
             raise FrameError(f"frame stamp must be finite, got {frame.stamp}")
         if self._last_stamp is not None and frame.stamp <= self._last_stamp:
             raise FrameError(f"frame stamp {frame.stamp:.6f} s does not increase (previous {self._last_stamp:.6f} s)")
-        if self._intrinsics is not None and frame.intrinsics != self._intrinsics:
-            raise FrameError(f"camera changed from {self._intrinsics} to {frame.intrinsics}; reset() to start a new map")
+        if self._input_intrinsics is not None and frame.intrinsics != self._input_intrinsics:
+            raise FrameError(
+                f"camera changed from {self._input_intrinsics} to {frame.intrinsics}; reset() to start a new map"
+            )
 
     def _image_tensor(self, frame: Frame) -> torch.Tensor:
         return torch.from_numpy(frame.image).to(self.device, torch.float32) / 255.0
@@ -373,7 +472,7 @@ class Reconstructor:
             intr, image, twist, exposure = frame.intrinsics, frame.image, record.twist.copy(), record.exposure.copy()
 
             def render() -> tuple[np.ndarray, np.ndarray]:  # deferred: the newest map, when asked
-                rgb, depth = self.render(pose, intr, groups, exposure)
+                rgb, depth = self._render_map(pose, intr, groups, exposure)
                 if self.config.blur.live_output == "fused":
                     rgb = fuse_deblurred(rgb, image, depth, intr, twist, self._live_subframes(twist, intr))
                 return rgb, depth
@@ -1036,8 +1135,16 @@ class Reconstructor:
         recorded it (``TrajectoryPoint.exposure``); default the map's own brightness.
         ``map_index``: render the map that was current then (``TrajectoryPoint.map_index``; a
         re-initialization retires a map); default the newest. Safe from any thread (it renders a
-        snapshot).
+        snapshot). ``intrinsics``: the camera as the frames gave it (the focal self-calibration
+        is applied here).
         """
+        return self._render_map(pose, self.calibrated(intrinsics), group_poses, exposure, map_index)
+
+    def _render_map(
+        self, pose: np.ndarray, intrinsics: Intrinsics, group_poses: dict[int, np.ndarray] | None = None,
+        exposure: np.ndarray | None = None, map_index: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`render` with the map's own camera."""
         retired = self._retired.get(map_index) if map_index is not None else None
         scene = move_groups((retired or self._snapshot()).scene, {g: torch.from_numpy(m) for g, m in (group_poses or {}).items()})
         settings = self._settings(intrinsics, retired.scene_scale if retired is not None else None)

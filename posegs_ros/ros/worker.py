@@ -478,7 +478,9 @@ class ReconstructionWorker:
                 reinitializations=int(getattr(counters, "reinitializations", 0)),
                 groups=groups,
             )
-        for late in result.late:  # frames buffered before initialization, posed now
+        if getattr(result, "restarted", False):  # the map restarted (focal self-calibration): new poses for all
+            self.path.clear()
+        for late in result.late:  # frames buffered before initialization (or all, after a restart), posed now
             late_ns = self._stamps_ns.get(late.index, int(round(late.stamp * 1e9)))
             self._emit_pose(late.pose, {}, late_ns, camera_frame)
             self.path.append(late_ns, late.pose)

@@ -21,7 +21,7 @@ import torch
 from posegs_ros.camera import Intrinsics
 from posegs_ros.scene.gaussians import GaussianMap
 from posegs_ros.io import CameraModel, MessageData, TypestoreMessageFactory, camera_info_message, rgb_to_image
-from posegs_ros.pipeline import Frame, FrameError, FrameResult, StageTimings, TrackingState
+from posegs_ros.pipeline import Frame, FrameError, FrameResult, StageTimings, TrackingState, TrajectoryPoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -123,8 +123,10 @@ class FakeEngine:
         nan_on: Iterable[int] = (),
         delay: float = 0.0,
         groups: bool = False,
+        restart_on: Iterable[int] = (),
     ) -> None:
         self.init_frames = init_frames
+        self.restart_on = set(restart_on)  # frames where the map restarts (focal calibration): all re-posed
         self.keyframe_every = keyframe_every
         self.fail_on, self.reject_on, self.nan_on = set(fail_on), set(reject_on), set(nan_on)
         self.delay = delay
@@ -173,6 +175,12 @@ class FakeEngine:
             mask = np.zeros((h, w), bool)
             mask[: h // 2, : w // 2] = True
         render = None if initializing else (lambda: (image, np.full((h, w), 2.0, np.float32)))
+        late, restarted = [], frame.index in self.restart_on
+        if restarted:  # every earlier frame again, 2 mm further along y
+            for i, earlier in enumerate(self.processed[:-1]):
+                moved = np.eye(4)
+                moved[:3, 3] = [0.01 * (i + 1), 0.002, 0.0]
+                late.append(TrajectoryPoint(earlier.index, earlier.stamp, moved, TrackingState.TRACKING, False))
         return FrameResult(
             stamp=frame.stamp,
             index=frame.index,
@@ -187,6 +195,8 @@ class FakeEngine:
             inlier_ratio=0.0 if initializing else 0.9,
             group_poses=group_poses,
             dynamic_mask=mask,
+            late=late,
+            restarted=restarted,
             _render=render,
         )
 

@@ -186,6 +186,19 @@ def test_stamp_order_skips_and_bag_loop_resets(messages: Messages, sink_factory:
     assert any("jumped back by 7.200 s" in text for _, text in sink.logs)
 
 
+def test_a_map_restart_replaces_the_path_with_the_new_poses(messages: Messages, sink_factory: Callable) -> None:
+    engine, sink = FakeEngine(init_frames=0, restart_on={4}), sink_factory(("path",))
+    worker = _worker(engine, sink)
+    worker.on_camera_info(messages.camera_info())
+    for i in range(6):
+        worker.on_image(messages.image(i))
+    _drain(worker)
+    path = sink.last("path").poses
+    assert len(path) == 6  # frames 0-3 once (their re-posed version), then 4 and 5
+    assert [p.pose.position.y for p in path[:4]] == pytest.approx([0.002] * 4)
+    assert _resets(sink) == {} and engine.resets == 0
+
+
 def test_camera_change_resets_the_map(messages: Messages, sink_factory: Callable) -> None:
     engine, sink = FakeEngine(), sink_factory()
     worker = _worker(engine, sink)

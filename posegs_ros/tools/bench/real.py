@@ -117,18 +117,24 @@ def window_row(start: int, count: int, out: Path, wall_s: float, peak_rss_mb: fl
         "seconds_per_frame": wall_s / max(frames, 1),
         "wall_s": wall_s,
         "peak_rss_mb": peak_rss_mb,
+        # the focal length the map used (x), against the camera's: self-calibration (calibration.focal)
+        "focal_px": number((summary.get("calibration") or {}).get("fx")),
+        "focal_given_px": number((summary.get("calibration") or {}).get("given_fx")),
     }
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`window_row` rows."""
     head = ("| window | posed | ATE final / online (cm) | RPE (cm, deg / frame) | PSNR / SSIM vs input | "
-            "keyframes | Gaussians | map mismatch / lost / re-inits | frames/s | s / frame end to end | peak RSS (MB) |")
+            "keyframes | Gaussians | map mismatch / lost / re-inits | focal used / given (px) | frames/s | "
+            "s / frame end to end | peak RSS (MB) |")
     return table(head, (
         f"| {r['window']} | {r['posed']} / {r['frames']} | {cell(r['ate_cm'], '.2f')} / "
         f"{cell(r['ate_online_cm'], '.2f')} | {cell(r['rpe_cm'], '.2f')}, {cell(r['rpe_deg'], '.3f')} | "
         f"{cell(r['psnr_vs_input'], '.2f')} / {cell(r['ssim_vs_input'], '.3f')} | {r['keyframes']} | "
-        f"{r['gaussians']} | {r['mismatch']} / {r['lost']} / {r['reinitializations']} | {r['fps']:.2f} | "
+        f"{r['gaussians']} | {r['mismatch']} / {r['lost']} / {r['reinitializations']} | "
+        f"{cell(r.get('focal_px', float('nan')), '.1f')} / {cell(r.get('focal_given_px', float('nan')), '.1f')} | "
+        f"{r['fps']:.2f} | "
         f"{r['seconds_per_frame']:.2f} | {r['peak_rss_mb']:.0f} |"
         for r in rows
     ))
