@@ -329,7 +329,8 @@ class Reconstructor:
 
         Once ``calibration.frames`` frames are posed (``calibration.focal = auto``) this call also
         estimates the focal length; when the map restarts with it, the frames so far are tracked
-        again and their new poses come back in ``late`` (``restarted`` set).
+        again (``restarted`` set) and their new poses come back in ``late`` -- of this result, or of
+        a later one for frames that wait for the new map's initialization.
 
         Raises:
             FrameError: the frame is malformed, its stamp does not increase, or its camera
@@ -428,8 +429,8 @@ class Reconstructor:
 
     def _restart(self, frames: list[Frame], focal_scale: float, calibration: dict) -> FrameResult:
         """Start the map again with the focal scaled by ``focal_scale`` and track ``frames`` (the
-        frames since the reset, newest last) again; returns the newest one's result with every
-        earlier frame's new pose in ``late``."""
+        frames since the reset, newest last) again; returns the newest one's result with the
+        earlier frames posed so far in ``late`` (the rest follow once the new map initializes)."""
         self.reset()
         self._focal_scale, self.calibration, self._calibration_frames = focal_scale, calibration, None
         self.counters.focal_restarts += 1

@@ -47,7 +47,8 @@ __all__ = ["DEFAULT_CAMERA_FRAME", "EngineLike", "OutputSink", "SaveResult", "Re
 
 DEFAULT_CAMERA_FRAME = "camera_optical_frame"  # TF child when images carry no frame_id
 _STAGES = ("flow", "tracking", "mapping", "render", "total")  # StageTimings fields, in ~/status
-_LATE_STAMPS = 256  # stamps kept for frames the engine may pose late (its initialization buffer is shorter)
+_LATE_STAMPS = 256  # stamps kept for frames the engine may pose late (its initialization buffer and the
+# frames re-tracked after a focal self-calibration restart, at most 2 x calibration.frames, are fewer)
 
 
 class EngineLike(Protocol):
@@ -419,7 +420,7 @@ class ReconstructionWorker:
         frame = Frame(image=image.rgb, stamp=image.stamp_ns / 1e9, intrinsics=image.intrinsics, index=image.index)
         self.stamps.accept(image.stamp_ns)
         self._stamps_ns[image.index] = image.stamp_ns
-        if len(self._stamps_ns) > _LATE_STAMPS:  # frames are posed late only while initializing: keep the newest
+        if len(self._stamps_ns) > _LATE_STAMPS:  # frames are posed late only early in a map: keep the newest
             del self._stamps_ns[next(iter(self._stamps_ns))]
         try:
             result = self.engine.process(frame)

@@ -119,13 +119,11 @@ def _triangulate(world_to_cam: np.ndarray, k: np.ndarray, uv: np.ndarray) -> np.
 
 
 def _project(k: np.ndarray, scale: float, rotvec: np.ndarray, trans: np.ndarray, view: np.ndarray,
-             points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels ``[O, 2]`` and depths ``[O]`` of ``points`` ``[O, 3]`` in views ``view`` ``[O]``."""
+             points: np.ndarray) -> np.ndarray:
+    """Pixels ``[O, 2]`` of ``points`` ``[O, 3]`` in views ``view`` ``[O]`` (focal ``scale`` x ``k``'s)."""
     cam = Rotation.from_rotvec(rotvec[view]).apply(points) + trans[view]
-    z = cam[:, 2]
-    zs = np.where(np.abs(z) < 1e-6, 1e-6, z)
-    uv = np.stack([k[0, 0] * scale * cam[:, 0] / zs + k[0, 2], k[1, 1] * scale * cam[:, 1] / zs + k[1, 2]], 1)
-    return uv, z
+    z = np.where(np.abs(cam[:, 2]) < 1e-6, 1e-6, cam[:, 2])
+    return np.stack([k[0, 0] * scale * cam[:, 0] / z + k[0, 2], k[1, 1] * scale * cam[:, 1] / z + k[1, 2]], 1)
 
 
 def estimate_focal_scale(tracks: PointTracks, camera_to_world: np.ndarray, k: np.ndarray, views: Sequence[int],
@@ -192,7 +190,7 @@ def estimate_focal_scale(tracks: PointTracks, camera_to_world: np.ndarray, k: np
 
     def residuals(x: np.ndarray) -> np.ndarray:
         scale, rotvec, trans, pts = unpack(x)
-        uv, _ = _project(k, scale, rotvec, trans, view_of, pts[point_of])
+        uv = _project(k, scale, rotvec, trans, view_of, pts[point_of])
         gauge = np.linalg.norm(centre(rotvec[-1], trans[-1]) - centre(rotvec[0], trans[0])) / span - 1.0
         return np.concatenate([(uv - uv_obs).ravel(), [100.0 * gauge]])
 
