@@ -367,6 +367,9 @@ class Reconstructor:
         self._last_stamp = frame.stamp
         if not self.initialized:
             result = self._initialize_step(frame)
+            if self.initialized:  # the first keyframe (the map's origin) got its pose with this frame
+                first_keyframe = self._history[0]
+                late.insert(0, next(i for i, rec in enumerate(self._records) if rec is first_keyframe))
         else:
             deadline = self._deadline(t_start)
             result = self._track_step(frame, deadline)
