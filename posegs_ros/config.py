@@ -256,7 +256,7 @@ class CalibrationConfig:
                     "fixed = camera_info as given")
     frames: int = _f(90, "posed frames the estimate waits for (3 s at 30 Hz: enough hand-held rotation); their images "
                      "are held until then (at most 2 x frames: fewer posed by then = no estimate)")
-    view_step: int = _f(3, "every this many of those frames take part in the adjustment")
+    view_step: int = _f(1, "every this many of those frames take part in the adjustment")
     max_points: int = _f(400, "point tracks in the adjustment (the longest)")
     min_change: float = _f(0.05, "relative focal change below which camera_info stays (estimates on synthetic sequences "
                            "with the true focal stay within 3 %)")

@@ -77,3 +77,27 @@ def test_too_few_posed_views_give_no_estimate() -> None:
     tracks = tracks_of(poses, pts, k, noise_px=0.3, seed=5)
     poses[1:4] = np.nan  # not posed
     assert estimate_focal_scale(tracks, poses, k, range(6)) is None
+
+
+
+def test_the_adjustments_analytic_jacobian_matches_finite_differences(monkeypatch) -> None:
+    from scipy.optimize._numdiff import approx_derivative
+
+    from posegs_ros.tracking import calibration
+
+    poses, pts, k = made_scene(seed=3, views=12)
+    problem = calibration._setup(tracks_of(poses, pts, k, noise_px=0.3, seed=6), poses, k, range(12), 40)
+    assert problem is not None
+    seen = {}
+
+    def capture(residuals, jacobian, x0, n_cameras, max_evaluations):  # noqa: ANN001, ANN202
+        seen.update(residuals=residuals, jacobian=jacobian, x0=x0)
+        raise StopIteration
+
+    monkeypatch.setattr(calibration, "_levenberg_marquardt", capture)
+    with pytest.raises(StopIteration):
+        calibration._solve(problem, k, 10)
+    x = seen["x0"] + np.random.default_rng(0).normal(0, 0.01, len(seen["x0"]))
+    x[0] += 0.3  # focal 35 % off, rotations away from zero
+    numeric = approx_derivative(seen["residuals"], x, method="3-point")
+    np.testing.assert_allclose(seen["jacobian"](x).toarray(), numeric, atol=1e-5 * np.abs(numeric).max())
