@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -46,7 +47,7 @@ from .scene.deblur import fuse_deblurred
 from .scene.gaussians import sh0_to_rgb, write_ply
 from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe
 from .scene.snapshot import MapEdit, MapSnapshot, MapStore
-from .tracking.calibration import estimate_focal_scale, track_points
+from .tracking.calibration import FocalEstimate, estimate_focal_scale, track_points
 from .tracking.flow import DenseFlow
 from .tracking.initialization import TwoViewResult, grid_samples, try_two_view
 from .tracking.tracker import (
@@ -243,6 +244,7 @@ class Reconstructor:
         t = self.config.tracking
         adaptive = concurrent and t.refine_steps == 0  # the blur-aware refinement needs full resolution
         self.resolution = TrackingResolution(t.render_scale, t.live_min_scale if adaptive else t.render_scale)
+        self._calibration_thread: threading.Thread | None = None  # concurrent: the latest focal estimate's
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -255,15 +257,19 @@ class Reconstructor:
         self.calibration: dict | None = None  # what the focal self-calibration found and did (None: not yet)
         # the frames as given since the reset, until the focal self-calibration has decided
         self._calibration_frames: list[Frame] | None = [] if self.config.calibration.focal == "auto" else None
+        self._calibration_job: Future | None = None  # concurrent: the estimate running in its own thread
         self._map_index = 0  # maps started so far - 1 (re-initializations)
         self._retired: dict[int, MapSnapshot] = {}  # earlier maps' last snapshots, by map index
         self.counters = EngineCounters()
         self._last_stamp: float | None = None
 
     def close(self) -> None:
-        """Stop the mapping thread (concurrent mode); the map stays readable."""
+        """Stop the mapping thread (concurrent mode) and wait for a focal estimate in flight; the
+        map stays readable."""
         if self.backend is not None:
             self.backend.stop()
+        if self._calibration_thread is not None:
+            self._calibration_thread.join()
 
     def __enter__(self) -> Reconstructor:
         return self
@@ -382,10 +388,20 @@ class Reconstructor:
 
     def _calibrate_focal(self) -> FrameResult | None:
         """Focal self-calibration (:mod:`posegs_ros.tracking.calibration`) once enough frames are
-        posed; restarts the map when the estimate is adopted and returns the newest frame's result."""
+        posed; restarts the map when the estimate is adopted and returns the newest frame's result.
+
+        Inline the estimate runs here; concurrently (live camera) in a thread of its own, so
+        tracking goes on meanwhile, and the decision is taken with the first frame after it is done."""
         cfg = self.config.calibration
         frames = self._calibration_frames
         assert frames is not None
+        job = self._calibration_job
+        if job is not None:  # concurrent: the estimate is under way
+            if not job.done():
+                return None
+            self._calibration_job = None
+            outcome, estimate = job.result()
+            return self._decide_focal(frames, outcome, estimate)
         by_index = {rec.index: rec for rec in self._records}
         posed = [i for i, f in enumerate(frames)
                  if (rec := by_index.get(f.index)) is not None and rec.state is TrackingState.TRACKING]
@@ -394,19 +410,45 @@ class Reconstructor:
         given = frames[0].intrinsics
         outcome: dict = {"focal": "auto", "given_fx": given.fx, "given_fy": given.fy, "frames": len(frames),
                          "posed_frames": len(posed), "adopted": False}
-        self._calibration_frames = None  # decided, whatever the outcome
-        t0 = time.perf_counter()
         if self._map_index != 0:
             outcome["reason"] = "the map re-initialized before enough frames were posed"
         elif len(posed) < cfg.frames:
             outcome["reason"] = f"only {len(posed)} of {len(frames)} frames tracked"
-        else:
-            poses = np.full((len(frames), 4, 4), np.nan)
-            for i in posed:
-                poses[i] = by_index[frames[i].index].online_pose
-            grays = [cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY) for f in frames]
-            estimate = estimate_focal_scale(track_points(grays), poses, given.numpy(), posed[:: cfg.view_step],
-                                            max_points=cfg.max_points)
+        if "reason" in outcome:
+            return self._decide_focal(frames, outcome, None)
+        poses = np.full((len(frames), 4, 4), np.nan)
+        for i in posed:
+            poses[i] = by_index[frames[i].index].online_pose
+        grays = [cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY) for f in frames]
+        views, k = posed[:: cfg.view_step], given.numpy()
+
+        def estimate() -> tuple[dict, FocalEstimate | None]:
+            t0 = time.perf_counter()
+            found = estimate_focal_scale(track_points(grays), poses, k, views, max_points=cfg.max_points)
+            outcome["seconds"] = time.perf_counter() - t0
+            return outcome, found
+
+        if not self.concurrent:
+            return self._decide_focal(frames, *estimate())
+        job = Future()
+
+        def run() -> None:
+            try:
+                job.set_result(estimate())
+            except BaseException as err:  # reaches the tracking thread with the next frame
+                job.set_exception(err)
+
+        self._calibration_job = job
+        self._calibration_thread = threading.Thread(target=run, name="posegs-calibration", daemon=True)
+        self._calibration_thread.start()
+        return None
+
+    def _decide_focal(self, frames: list[Frame], outcome: dict, estimate: FocalEstimate | None) -> FrameResult | None:
+        """Adopt the focal ``estimate`` or keep camera_info (``outcome`` says why); restarts the map
+        with ``frames`` (all since the reset) when adopted."""
+        cfg = self.config.calibration
+        self._calibration_frames = None  # decided, whatever the outcome
+        if "reason" not in outcome:
             if estimate is None:
                 outcome["reason"] = "too few point tracks or views"
             else:
@@ -420,11 +462,11 @@ class Reconstructor:
                     outcome["reason"] = f"within {100 * cfg.min_change:.0f} % of camera_info"
                 else:
                     outcome.update(adopted=True, reason=f"focal {100 * (estimate.scale - 1):+.1f} % off camera_info")
-        outcome["seconds"] = time.perf_counter() - t0
+        outcome.setdefault("seconds", 0.0)
         scale = outcome["estimate"]["scale"] if outcome["adopted"] else 1.0
-        outcome.update(fx=given.fx * scale, fy=given.fy * scale)
+        outcome.update(fx=outcome["given_fx"] * scale, fy=outcome["given_fy"] * scale)
         log.info("focal self-calibration: %s: fx %.1f -> %.1f px (%s)", "adopted" if outcome["adopted"] else "kept",
-                 given.fx, outcome["fx"], outcome["reason"])
+                 outcome["given_fx"], outcome["fx"], outcome["reason"])
         if not outcome["adopted"]:
             self.calibration = outcome
             return None

@@ -318,6 +318,54 @@ def test_auto_exposure_changes_track_as_well_as_the_original(small_sequence, fas
             assert math.exp(p.exposure[0]) == pytest.approx(gains[p.index] / gains[first], rel=0.06)
 
 
+def test_concurrent_focal_estimate_runs_beside_tracking_and_its_restart_comes_with_a_later_frame(
+        small_sequence, fast_config, monkeypatch) -> None:
+    """Live camera: the focal estimate runs in a thread of its own (tracking returns frames
+    meanwhile) and is decided with the first frame after it is done: here a focal 12 % too long,
+    so that frame restarts the map with every frame since the reset."""
+    import threading
+
+    import posegs_ros.pipeline as pipeline_module
+    from posegs_ros.config import apply_flat
+
+    started, release, where = threading.Event(), threading.Event(), []
+    estimate = pipeline_module.estimate_focal_scale
+
+    def held(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        where.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(TIMEOUT)
+        return estimate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "estimate_focal_scale", held)
+    cfg = apply_flat(fast_config, {"calibration.frames": 12, "calibration.view_step": 1})
+    true = small_sequence.intrinsics
+    given = dataclasses.replace(true, fx=true.fx * 1.12, fy=true.fy * 1.12)
+    frames = [Frame(f.blurred, f.stamp, given, f.index) for f in small_sequence.frames]
+    with Reconstructor(cfg, concurrent=True) as engine:
+        results, queue = [], iter(frames)
+        while engine._calibration_job is None:
+            results.append(engine.process(next(queue)))
+        assert started.wait(TIMEOUT)
+        meanwhile = [engine.process(next(queue)) for _ in range(3)]  # returns while the estimate waits
+        assert engine.calibration is None and all(r.has_pose and not r.restarted for r in meanwhile)
+        release.set()
+        engine._calibration_thread.join(TIMEOUT)
+        decided = engine.process(next(queue))
+        rest = [engine.process(f) for f in queue]
+        assert engine.backend.wait_idle(TIMEOUT)
+        cal = engine.calibration
+        traj = engine.trajectory()
+    assert where == ["posegs-calibration"]
+    assert cal is not None and cal["adopted"] and cal["frames"] == len(results)  # the frames it estimated from
+    assert cal["fx"] == pytest.approx(true.fx, rel=0.06)
+    assert decided.restarted and not any(r.restarted for r in rest) and engine.counters.focal_restarts == 1
+    # the earlier frames tracked again come with the restart; those waiting for the new map's
+    # initialization are posed by the mapping thread (reported with whichever frame follows)
+    assert decided.late and all(p.index < decided.index for p in decided.late)
+    assert [p.index for p in traj] == [f.index for f in frames]  # every frame posed, once
+
+
 def test_live_frame_budget_follows_the_camera_period_and_only_live_tracking_adapts_its_size(fast_config) -> None:
     period = 1 / 30
     assert camera_period([]) is None
