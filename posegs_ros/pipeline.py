@@ -424,18 +424,23 @@ class Reconstructor:
 
         def estimate() -> tuple[dict, FocalEstimate | None]:
             t0 = time.perf_counter()
-            found = estimate_focal_scale(track_points(grays), poses, k, views, max_points=cfg.max_points)
+            found = None
+            try:
+                found = estimate_focal_scale(track_points(grays), poses, k, views, max_points=cfg.max_points)
+            except (ValueError, np.linalg.LinAlgError, cv2.error) as err:  # camera_info is kept, the map goes on
+                log.warning("focal self-calibration failed: %s", err)
+                outcome["reason"] = f"the adjustment failed: {err}"
             outcome["seconds"] = time.perf_counter() - t0
             return outcome, found
 
         if not self.concurrent:
             return self._decide_focal(frames, *estimate())
-        job = Future()
+        job: Future = Future()
 
         def run() -> None:
             try:
                 job.set_result(estimate())
-            except BaseException as err:  # reaches the tracking thread with the next frame
+            except BaseException as err:  # anything else reaches the tracking thread with the next frame
                 job.set_exception(err)
 
         self._calibration_job = job
