@@ -279,20 +279,12 @@ def _levenberg_marquardt(residuals: Any, jacobian: Any, x0: np.ndarray, n_camera
     damping, evaluations = 1e-4, 1
     jac = jacobian(x)
     while evaluations < max_evaluations:
-        weighted = jac.multiply(weight[:, None]).tocsr()
-        normal = (jac.T @ weighted).tocsr()  # [n, n] J^T W J
+        hcc, hcp, blocks = _normal_blocks(jac, weight, n_cameras)
         grad = jac.T @ (weight * r)
-        hcc = normal[:n_cameras, :n_cameras].toarray()
-        hcp = normal[:n_cameras, n_cameras:].toarray().reshape(n_cameras, n_points, 3)  # dense: BLAS below
-        hpp = normal[n_cameras:, n_cameras:]
-        blocks = np.stack([np.stack([hpp[i::3, :][:, j::3].diagonal() for j in range(3)], -1) for i in range(3)], 1)
         grad_c, grad_p = grad[:n_cameras], grad[n_cameras:].reshape(n_points, 3)
         improved = converged = False
         while evaluations < max_evaluations:
-            b = blocks + damping * np.eye(3) * (np.einsum("pii->pi", blocks)[:, :, None] + 1e-9)
-            b_inv = np.linalg.inv(b)  # [P, 3, 3]
-            hcp_binv = np.einsum("cpi,pij->cpj", hcp, b_inv).reshape(n_cameras, -1)
-            schur = hcc + damping * np.diag(np.diag(hcc) + 1e-9) - hcp_binv @ hcp.reshape(n_cameras, -1).T
+            schur, hcp_binv, b_inv = _eliminate_points(hcc, hcp, blocks, damping)
             rhs = -(grad_c - hcp_binv @ grad_p.ravel())
             try:
                 d_cam = np.linalg.solve(schur, rhs)
@@ -310,11 +302,35 @@ def _levenberg_marquardt(residuals: Any, jacobian: Any, x0: np.ndarray, n_camera
                 improved = True
                 break
             damping *= 4.0
-        if not improved or converged:
+        if not improved:  # jac is the Jacobian at x
             break
         jac = jacobian(x)
-    jac = jacobian(x)
+        if converged:
+            break
     return _Solution(x, r, cost, jac.multiply(np.sqrt(weight)[:, None]).tocsr())
+
+
+def _normal_blocks(jac: csr_matrix, weight: np.ndarray, n_cameras: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The normal matrix J^T W J of a bundle adjustment (``n_cameras`` camera values, then points
+    of 3) as its camera block ``[C, C]``, camera-point block ``[C, P, 3]`` (dense: BLAS below) and
+    point blocks ``[P, 3, 3]`` (each residual touches one point, so the rest is zero)."""
+    normal = (jac.T @ jac.multiply(weight[:, None]).tocsr()).tocsr()
+    n_points = (normal.shape[0] - n_cameras) // 3
+    hpp = normal[n_cameras:, n_cameras:]
+    blocks = np.stack([np.stack([hpp[i::3, :][:, j::3].diagonal() for j in range(3)], -1) for i in range(3)], 1)
+    return (normal[:n_cameras, :n_cameras].toarray(),
+            normal[:n_cameras, n_cameras:].toarray().reshape(n_cameras, n_points, 3), blocks)
+
+
+def _eliminate_points(hcc: np.ndarray, hcp: np.ndarray, blocks: np.ndarray,
+                      damping: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Schur complement of the point blocks, each diagonal damped by ``damping`` (Levenberg-Marquardt;
+    0 = none): the reduced camera matrix ``[C, C]``, H_cp H_pp^-1 ``[C, 3P]`` and H_pp^-1 ``[P, 3, 3]``."""
+    n_cameras = len(hcc)
+    b_inv = np.linalg.inv(blocks + damping * np.eye(3) * (np.einsum("pii->pi", blocks)[:, :, None] + 1e-9))
+    hcp_binv = np.einsum("cpi,pij->cpj", hcp, b_inv).reshape(n_cameras, -1)
+    schur = hcc + damping * np.diag(np.diag(hcc) + 1e-9) - hcp_binv @ hcp.reshape(n_cameras, -1).T
+    return schur, hcp_binv, b_inv
 
 
 def _skew(v: np.ndarray) -> np.ndarray:
@@ -373,10 +389,11 @@ def estimate_focal_scale(tracks: PointTracks, camera_to_world: np.ndarray, k: np
     rms = float(np.sqrt(np.mean(err[inlier] ** 2))) if inlier.any() else float("nan")
     sigma = float("inf")
     try:  # Gauss-Newton covariance of the log scale (scipy folds the robust weights into the Jacobian)
-        jac = sol.jac.tocsc()
-        jtj = (jac.T @ jac).toarray()
+        # the camera block of (J^T J)^-1 is the inverse of the points' Schur complement
+        hcc, hcp, blocks = _normal_blocks(sol.jac, np.ones(sol.jac.shape[0]), len(sol.x) - 3 * n_points)
+        schur = _eliminate_points(hcc, hcp, blocks, 0.0)[0]
         noise = 2.0 * sol.cost / max(len(sol.fun) - len(sol.x), 1)
-        var = np.linalg.pinv(jtj, rcond=1e-12, hermitian=True)[0, 0] * noise
+        var = np.linalg.pinv(schur, rcond=1e-12, hermitian=True)[0, 0] * noise
         sigma = float(scale * np.sqrt(max(var, 0.0)))
     except (np.linalg.LinAlgError, ValueError):
         pass
