@@ -10,7 +10,7 @@ seconds of hand-held motion, started from the engine's own online poses: one foc
 (principal point and aspect kept), every frame's pose and every point's position, with a
 robust (soft-L1) reprojection loss and the monocular scale held by the first-to-last camera
 distance. It is solved by Levenberg-Marquardt with an analytic Jacobian, the points eliminated in
-each step (Schur complement: a dense solve over the cameras only): 2.5-3.5 s for 90 views and
+each step (Schur complement: a dense solve over the cameras only): 1.0-2.1 s for 90 views and
 400 points at 320x240 (scipy's least_squares took 4-7 s for 30 and could stop short of the optimum).
 
 Measured (README, "Real camera data"): on synthetic sequences with the true focal the estimate
