@@ -173,8 +173,9 @@ class MappingConfig:
     max_gaussians: int = _f(40000, "cap on the number of Gaussians (memory and time per mapping step)")
     final_iters: int = _f(1600, "offline only (posegs replay): at most this many joint steps over the tracked frames after "
                           "the last one (0 = no final refinement)")
-    final_steps_per_view: int = _f(8, "offline only: joint steps per view of the final refinement (so its cost follows the "
-                                   "views it refines, bounded by final_max_views and final_iters; 0 = final_iters steps)")
+    final_steps_per_view: int = _f(8, "offline only: joint steps of the final refinement per tracked frame (so its cost "
+                                   "follows the sequence's length up to final_iters; 0 = final_iters steps), spread over "
+                                   "the final_max_views frames it refines")
     final_rounds: int = _f(1, "offline only: alternations of joint refinement and flow-based re-tracking of every frame")
     final_lr_factor: float = _f(0.02, "offline only: position and pose learning rates decay to this factor over the final refinement")
     final_lr_boost: float = _f(3.0, "offline only: colour, opacity, scale and rotation learning rates of the final refinement "
@@ -187,7 +188,8 @@ class MappingConfig:
                                 "first up to max_gaussians; 0 = off")
     final_grow_interval: int = _f(50, "offline only: steps of the final refinement between two growths (final_grow_grad), "
                                   "in its first 60 %")
-    final_max_views: int = _f(200, "offline only: at most this many frames (evenly spaced) join the final refinement")
+    final_max_views: int = _f(100, "offline only: at most this many frames (evenly spaced) join the final refinement; "
+                              "the others are tracked against the refined map after it")
     optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
     idle_rounds: int = _f(2, "concurrent mapping (node, --realtime): window rounds run after the last keyframe "
                           "while no new one arrives, then the mapping thread sleeps")

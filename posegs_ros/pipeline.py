@@ -186,6 +186,7 @@ class EngineCounters:
     rejected_frames: int = 0
     unposed_frames: int = 0  # waited too long for initialization (beyond init.backfill_frames)
     recovered_frames: int = 0  # lost online, posed by finalize() against the final map
+    final_tracked_frames: int = 0  # beyond mapping.final_max_views: tracked by finalize() against the refined map
     groups_spawned: int = 0
     groups_merged: int = 0
     passes_cut: int = 0  # live camera: frames whose extra tracking pass was left out to keep up (tracking.frame_budget)
@@ -919,8 +920,10 @@ class Reconstructor:
         """Offline: jointly refine the map, poses and exposure twists over every tracked frame.
 
         Uses the frames kept with ``keep_frames=True`` (else only the keyframes), at most
-        ``mapping.final_max_views`` of them, for ``mapping.final_steps_per_view`` steps per view
-        (at most ``mapping.final_iters``) unless ``iterations`` is given. Deblurring benchmarks evaluate the deblurred training views this way.
+        ``mapping.final_max_views`` of them (evenly spaced), for ``mapping.final_steps_per_view``
+        steps per tracked frame (at most ``mapping.final_iters``) unless ``iterations`` is given;
+        the frames left out are then tracked against the refined map. Deblurring benchmarks
+        evaluate the deblurred training views this way.
         """
         iters = self.config.mapping.final_iters if iterations is None else iterations
         if not self.initialized or self.backend is None:
@@ -948,14 +951,18 @@ class Reconstructor:
                 )
                 views.append((rec, view))
         limit = max(self.config.mapping.final_max_views, 2)
+        tracked = len(views)
+        rest: list[tuple[_FrameRecord | None, Keyframe]] = []  # beyond the limit: tracked once refined
         if len(views) > limit:
-            keep = np.unique(np.linspace(0, len(views) - 1, limit).round().astype(int))
-            views = [views[i] for i in keep]
+            keep = set(np.linspace(0, len(views) - 1, limit).round().astype(int).tolist())
+            rest = [v for i, v in enumerate(views) if i not in keep]
+            views = [v for i, v in enumerate(views) if i in keep]
+        before = {view.frame_index: view.numpy_pose() for _, view in views}
         frames = [v for _, v in views]
         if iterations is None and self.config.mapping.final_steps_per_view > 0:
-            iters = min(iters, self.config.mapping.final_steps_per_view * len(frames))
+            iters = min(iters, self.config.mapping.final_steps_per_view * tracked)
         rounds = max(self.config.mapping.final_rounds, 1)
-        stats = MappingStats()
+        stats = MappingStats(views=len(frames))
         self._retrack_groups(frames)  # online group poses come from frame-to-frame flow: refit first
         for r in range(rounds):
             part = backend.mapper.refine_all(frames, iters // rounds + (1 if r < iters % rounds else 0))
@@ -966,8 +973,10 @@ class Reconstructor:
             stats.final_loss = part.final_loss
             if self.config.mapping.optimize_poses:
                 self._retrack(frames)
+        if rest:
+            self._track_unrefined(rest, frames, before)
         records = {rec.index: rec for rec in self._records}
-        for rec, view in views:
+        for rec, view in views + rest:
             if rec is not None:  # a non-keyframe view: its own refined pose from now on
                 rec.absolute, rec.reference, rec.relative = view.numpy_pose(), None, None
                 rec.twist = view.twist().detach().numpy()
@@ -1016,9 +1025,43 @@ class Reconstructor:
         log.info("offline: %d of %d frames lost online were tracked against the final map",
                  self.counters.recovered_frames, len(lost))
 
-    def _retrack(self, views: list[Keyframe]) -> None:
+    def _track_unrefined(self, rest: list[tuple[_FrameRecord | None, Keyframe]], refined: list[Keyframe],
+                         before: dict[int, np.ndarray]) -> None:
+        """Offline, after the final refinement: the frames it left out (beyond
+        ``mapping.final_max_views``) are tracked against the final map. Each starts from its own
+        pose moved as its refined neighbours moved (their corrections interpolated in time), then
+        takes :meth:`_retrack`'s pose step and the brightness of the final map's render; without
+        this they keep poses fitted to the online map, and their renders miss the refined one."""
+        start = time.perf_counter()
+        anchors = [(v.frame_index, v.numpy_pose() @ np.linalg.inv(before[v.frame_index]))
+                   for v in refined if v.frame_index in before]
+        anchors.sort(key=lambda a: a[0])
+        order = [a[0] for a in anchors]
+        stamps = {v.frame_index: v.stamp for v in refined}
+        views = []
+        for _, view in rest:
+            if view.fixed or not anchors:
+                continue
+            k = bisect.bisect_left(order, view.frame_index)
+            near = [anchors[j] for j in (k - 1, k) if 0 <= j < len(anchors)]
+            if len(near) == 2:
+                (ia, ca), (ib, cb) = near
+                span = max(stamps[ib] - stamps[ia], 1e-9)
+                correction = interpolate_pose(ca, cb, (view.stamp - stamps[ia]) / span)
+            else:
+                correction = near[0][1]
+            view.pose = torch.from_numpy(correction @ view.numpy_pose())
+            views.append(view)
+        self._retrack(views, exposure=True)
+        self.counters.final_tracked_frames += len(views)
+        log.info("final refinement: %d frames beyond mapping.final_max_views tracked against the refined map in %.1f s",
+                 len(views), time.perf_counter() - start)
+
+    def _retrack(self, views: list[Keyframe], exposure: bool = False) -> None:
         """JOGS's pose step against the refined map: flow-lifted Gauss-Newton for every view's
-        camera (motion groups placed at the view's own poses of them), then every motion group."""
+        camera (motion groups placed at the view's own poses of them), then every motion group.
+        ``exposure``: also take each view's affine exposure from the tracked brightness (views
+        the refinement did not fit photometrically)."""
         base = scene_tensors(self.backend.gmap, detach=True)
         for view in views:
             if view.fixed:
@@ -1033,6 +1076,8 @@ class Reconstructor:
             )
             if not res.lost and not res.mismatch and np.isfinite(res.pose).all():  # only a pose the map explains
                 view.pose = torch.from_numpy(res.pose.copy())
+                if exposure:
+                    view.exposure = torch.from_numpy(res.exposure)
         self._retrack_groups(views)
 
     def _retrack_groups(self, views: list[Keyframe]) -> None:

@@ -263,6 +263,43 @@ def test_frames_lost_online_are_tracked_again_offline(small_sequence, fast_confi
         assert np.linalg.norm(traj[i].pose[:3, 3] - (neighbours[0] + neighbours[1]) / 2) < step
 
 
+def test_frames_beyond_the_refinement_limit_are_tracked_against_the_refined_map(small_sequence, fast_config) -> None:
+    """With more tracked frames than ``mapping.final_max_views``, finalize() refines an evenly
+    spaced subset and tracks the others against the refined map: they are counted, and their
+    renders match the sharp frames better than at the poses fitted to the online map."""
+    from posegs_ros.config import apply_flat
+
+    cfg = apply_flat(fast_config, {"mapping.final_max_views": 4})
+    seq = small_sequence
+
+    def finished(track_rest: bool):  # noqa: ANN202
+        engine = Reconstructor(cfg, keep_frames=True)
+        if not track_rest:
+            engine._track_unrefined = lambda *args, **kwargs: None
+        for f in seq.frames:
+            engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index))
+        engine.finalize(iterations=80)
+        return engine
+
+    def psnr(engine, indices) -> float:  # noqa: ANN001
+        traj = {p.index: p for p in engine.trajectory()}
+        errors = []
+        for i in indices:
+            rgb, _ = engine.render(traj[i].pose, seq.intrinsics, exposure=traj[i].exposure)
+            errors.append(np.mean((rgb.astype(float) - seq.frames[i].sharp.astype(float)) ** 2))
+        return float(10 * np.log10(255.0**2 / np.mean(errors)))
+
+    tracked, untracked = finished(True), finished(False)
+    views = [p.index for p in tracked.trajectory() if p.state in (TrackingState.TRACKING, TrackingState.RELOCALIZED)]
+    keep = set(np.linspace(0, len(views) - 1, 4).round().astype(int).tolist())
+    rest = [v for i, v in enumerate(views) if i not in keep]
+    assert tracked.counters.final_tracked_frames == len(rest) > 10
+    assert untracked.counters.final_tracked_frames == 0
+    refined = [v for i, v in enumerate(views) if i in keep]
+    assert psnr(tracked, refined) == pytest.approx(psnr(untracked, refined), abs=1e-6)  # same refinement
+    assert psnr(tracked, rest) > psnr(untracked, rest) + 0.5, (psnr(tracked, rest), psnr(untracked, rest))
+
+
 def test_a_frame_the_map_does_not_explain_becomes_a_keyframe(small_sequence, fast_config, monkeypatch) -> None:
     """A tracked frame flagged as a map mismatch (consistent flow, map depth off) is not lost: it
     keeps its tracked pose, is counted, and becomes a keyframe so mapping corrects the map."""

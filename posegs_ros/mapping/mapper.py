@@ -60,6 +60,7 @@ class MappingStats:
     added: int = 0
     pruned: int = 0
     skipped_steps: int = 0  # non-finite losses / gradients that were not applied
+    views: int = 0  # frames the (final) refinement optimized
 
 
 @dataclass

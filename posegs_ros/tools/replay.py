@@ -268,8 +268,9 @@ def replay(
             final = engine.finalize()
             final_seconds = time.perf_counter() - t0
             if final.iterations:
-                log.info("final refinement: %d joint steps over %d keyframes in %.1f s",
-                         final.iterations, engine.num_keyframes, final_seconds)
+                log.info("final refinement: %d joint steps over %d frames (%d keyframes) in %.1f s; %d more frames "
+                         "tracked against it", final.iterations, final.views, engine.num_keyframes, final_seconds,
+                         engine.counters.final_tracked_frames)
             skipped += [{"index": p.index, "reason": p.reason} for p in stream.skips]
 
             traj = engine.trajectory()
@@ -314,6 +315,7 @@ def replay(
                     "fps": processed / seconds if seconds > 0 else 0.0,
                     "final_refinement_seconds": final_seconds,
                     "final_refinement_steps": final.iterations,
+                    "final_refinement_views": final.views,
                     "final_render_seconds": render_seconds,
                     "counters": engine.stats(),
                     "calibration": engine.calibration,
