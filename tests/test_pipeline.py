@@ -269,7 +269,9 @@ def test_frames_beyond_the_refinement_limit_are_tracked_against_the_refined_map(
     renders match the sharp frames better than at the poses fitted to the online map."""
     from posegs_ros.config import apply_flat
 
-    cfg = apply_flat(fast_config, {"mapping.final_max_views": 4})
+    # steps per *tracked* frame: 4 x ~20 frames, all spent on the 4 refined ones
+    cfg = apply_flat(fast_config, {"mapping.final_max_views": 4, "mapping.final_steps_per_view": 4,
+                                   "mapping.final_iters": 10_000})
     seq = small_sequence
 
     def finished(track_rest: bool):  # noqa: ANN202
@@ -278,7 +280,7 @@ def test_frames_beyond_the_refinement_limit_are_tracked_against_the_refined_map(
             engine._track_unrefined = lambda *args, **kwargs: None
         for f in seq.frames:
             engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index))
-        engine.finalize(iterations=80)
+        engine.stats_final = engine.finalize()
         return engine
 
     def psnr(engine, indices) -> float:  # noqa: ANN001
@@ -294,6 +296,7 @@ def test_frames_beyond_the_refinement_limit_are_tracked_against_the_refined_map(
     keep = set(np.linspace(0, len(views) - 1, 4).round().astype(int).tolist())
     rest = [v for i, v in enumerate(views) if i not in keep]
     assert tracked.counters.final_tracked_frames == len(rest) > 10
+    assert (tracked.stats_final.views, tracked.stats_final.iterations) == (4, 4 * len(views))
     assert untracked.counters.final_tracked_frames == 0
     refined = [v for i, v in enumerate(views) if i in keep]
     assert psnr(tracked, refined) == pytest.approx(psnr(untracked, refined), abs=1e-6)  # same refinement
