@@ -204,6 +204,22 @@ def camera_period(steps: Iterable[float]) -> float | None:
     return float(arr[arr >= 0.5 * np.median(arr)].min())
 
 
+def _neighbours(order: list[int], index: int) -> list[int]:
+    """Positions in the ascending ``order`` of the entries just before and just after ``index``
+    (one at either end, none when ``order`` is empty)."""
+    k = bisect.bisect_left(order, index)
+    return [j for j in (k - 1, k) if 0 <= j < len(order)]
+
+
+def _pose_at(stamp: float, near: list[tuple[float, np.ndarray]]) -> np.ndarray:
+    """Pose ``[4, 4]`` at ``stamp`` from one or two ``(stamp, pose [4, 4])`` neighbours:
+    interpolated in time between two (constant twist), the only one's otherwise."""
+    if len(near) == 1:
+        return near[0][1]
+    (sa, pa), (sb, pb) = near
+    return interpolate_pose(pa, pb, (stamp - sa) / max(sb - sa, 1e-9))
+
+
 class Reconstructor:
     """Online monocular pose + 3DGS reconstruction with an exposure-blur model.
 
@@ -940,8 +956,8 @@ class Reconstructor:
         by_frame = {kf.frame_index: kf for kf in backend.keyframes}
         views: list[tuple[_FrameRecord | None, Keyframe]] = []
         for rec in self._records:
-            if rec.state in (TrackingState.INITIALIZING, TrackingState.LOST):
-                continue
+            if rec.state in (TrackingState.INITIALIZING, TrackingState.LOST) or rec.map_index != self._map_index:
+                continue  # frames of a retired map (before a re-initialization) keep its poses
             kf = by_frame.get(rec.index) if rec.is_keyframe else None
             if kf is not None:
                 views.append((None, kf))
@@ -974,7 +990,7 @@ class Reconstructor:
             if self.config.mapping.optimize_poses:
                 self._retrack(frames)
         if rest:
-            self._track_unrefined(rest, frames, before)
+            self._track_unrefined([v for _, v in rest], frames, before)
         records = {rec.index: rec for rec in self._records}
         for rec, view in views + rest:
             if rec is not None:  # a non-keyframe view: its own refined pose from now on
@@ -1004,12 +1020,10 @@ class Reconstructor:
         snap = self.store.latest()
         for i in lost:
             rec = records[i]
-            k = bisect.bisect_left(posed, i)
-            neighbours = [records[posed[j]] for j in (k - 1, k) if 0 <= j < len(posed)]
+            neighbours = [records[posed[j]] for j in _neighbours(posed, i)]
             candidates = [self._final_pose(n, snap) for n in neighbours]
             if len(neighbours) == 2:
-                (a, b), (pa, pb) = neighbours, candidates
-                candidates.insert(0, interpolate_pose(pa, pb, (rec.stamp - a.stamp) / max(b.stamp - a.stamp, 1e-9)))
+                candidates.insert(0, _pose_at(rec.stamp, [(n.stamp, p) for n, p in zip(neighbours, candidates)]))
             exclude = (exclusion_margin(rec.dynamic_mask) if rec.dynamic_mask is not None
                        else np.zeros(rec.image.shape[:2], bool))
             frame = Frame(rec.image, rec.stamp, self._intrinsics, rec.index)
@@ -1025,33 +1039,20 @@ class Reconstructor:
         log.info("offline: %d of %d frames lost online were tracked against the final map",
                  self.counters.recovered_frames, len(lost))
 
-    def _track_unrefined(self, rest: list[tuple[_FrameRecord | None, Keyframe]], refined: list[Keyframe],
-                         before: dict[int, np.ndarray]) -> None:
+    def _track_unrefined(self, rest: list[Keyframe], refined: list[Keyframe], before: dict[int, np.ndarray]) -> None:
         """Offline, after the final refinement: the frames it left out (beyond
         ``mapping.final_max_views``) are tracked against the final map. Each starts from its own
         pose moved as its refined neighbours moved (their corrections interpolated in time), then
         takes :meth:`_retrack`'s pose step and the brightness of the final map's render; without
-        this they keep poses fitted to the online map, and their renders miss the refined one."""
+        this they keep poses fitted to the online map, and their renders miss the refined one.
+        ``refined`` in time order; ``before``: their poses ``[4, 4]`` before the refinement."""
         start = time.perf_counter()
-        anchors = [(v.frame_index, v.numpy_pose() @ np.linalg.inv(before[v.frame_index]))
-                   for v in refined if v.frame_index in before]
-        anchors.sort(key=lambda a: a[0])
-        order = [a[0] for a in anchors]
-        stamps = {v.frame_index: v.stamp for v in refined}
-        views = []
-        for _, view in rest:
-            if view.fixed or not anchors:
-                continue
-            k = bisect.bisect_left(order, view.frame_index)
-            near = [anchors[j] for j in (k - 1, k) if 0 <= j < len(anchors)]
-            if len(near) == 2:
-                (ia, ca), (ib, cb) = near
-                span = max(stamps[ib] - stamps[ia], 1e-9)
-                correction = interpolate_pose(ca, cb, (view.stamp - stamps[ia]) / span)
-            else:
-                correction = near[0][1]
+        order = [v.frame_index for v in refined]
+        corrections = [(v.stamp, v.numpy_pose() @ np.linalg.inv(before[v.frame_index])) for v in refined]
+        views = [v for v in rest if not v.fixed and refined]
+        for view in views:
+            correction = _pose_at(view.stamp, [corrections[j] for j in _neighbours(order, view.frame_index)])
             view.pose = torch.from_numpy(correction @ view.numpy_pose())
-            views.append(view)
         self._retrack(views, exposure=True)
         self.counters.final_tracked_frames += len(views)
         log.info("final refinement: %d frames beyond mapping.final_max_views tracked against the refined map in %.1f s",

@@ -196,6 +196,32 @@ def test_a_retired_map_still_renders_its_frames_and_saves(small_sequence, fast_c
     assert len(read_ply(engine.save_map(tmp_path / "map.ply"))["means"]) == engine._retired[0].num_gaussians
 
 
+def test_finalize_leaves_the_frames_of_a_retired_map_alone(small_sequence, fast_config) -> None:
+    """After a re-initialization, finalize() refines the current map's frames only: the frames
+    posed in the retired map (another origin and scale) keep their poses and exposures."""
+    seq = small_sequence
+    engine = Reconstructor(fast_config, keep_frames=True)
+    for f in seq.frames:
+        engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index))
+    noise = np.random.default_rng(1).integers(0, 256, seq.frames[0].blurred.shape, dtype=np.uint8)
+    restart = seq.frames[-1].stamp + fast_config.tracking.max_gap_s + 1.0
+    engine.process(Frame(noise, restart, seq.intrinsics, len(seq.frames)))  # starts the next map's buffer
+    # the views again, backward then forward: the noise leaves the buffer (init.max_frames), a map starts
+    for k, f in enumerate(seq.frames[::-1] + seq.frames):
+        engine.process(Frame(f.blurred, restart + 0.1 + k / 30, seq.intrinsics, len(seq.frames) + 1 + k))
+    assert engine.counters.reinitializations == 1 and engine.initialized
+    old = {p.index: p for p in engine.trajectory() if p.map_index == 0 and p.state is TrackingState.TRACKING}
+    new = {p.index: p for p in engine.trajectory() if p.map_index == 1 and p.state is TrackingState.TRACKING}
+    assert len(old) > 10 and len(new) > 10
+    stats = engine.finalize(iterations=20)
+    assert stats.views == len(new)
+    after = {p.index: p for p in engine.trajectory()}
+    for i, p in old.items():
+        np.testing.assert_array_equal(after[i].pose, p.pose)
+        np.testing.assert_array_equal(after[i].exposure, p.exposure)
+    assert sum(not np.array_equal(after[i].pose, p.pose) for i, p in new.items()) > len(new) // 2
+
+
 def test_frames_that_left_the_initialization_buffer_are_posed_backward(small_sequence, fast_config) -> None:
     """The camera stands still, then moves: initialization waits for parallax longer than
     init.max_frames, and the frames that left its buffer are tracked backward from the first
