@@ -250,6 +250,16 @@ class Mapper:
         if len(self.gmap) == 0 or not views or iterations <= 0:
             return stats
         m = self.cfg.mapping
+        online_cap = self.gmap.max_gaussians
+        self.gmap.max_gaussians = max(online_cap, m.final_max_gaussians)
+        try:
+            return self._refine_all(views, iterations, stats)
+        finally:
+            self.gmap.max_gaussians = online_cap
+
+    def _refine_all(self, views: list[Keyframe], iterations: int, stats: MappingStats) -> MappingStats:
+        """:meth:`refine_all` under the final refinement's cap on the number of Gaussians."""
+        m = self.cfg.mapping
         for view in views:
             stats.added += self.densify(view, stride=m.final_densify_stride, error=m.final_densify_error)
         pose_frames = [kf for kf in views if not kf.fixed] if self.cfg.mapping.optimize_poses else []

@@ -268,7 +268,7 @@ def test_final_refinement_grows_the_map_where_it_falls_short_and_nowhere_else(sm
 def test_growth_respects_the_cap(small_sequence) -> None:
     seq = small_sequence
     cfg = apply_flat(PosegsConfig(), {"blur.subframes": 1, "mapping.final_grow_grad": 1.0,
-                                      "mapping.final_grow_interval": 10, **NO_DENSIFY})
+                                      "mapping.final_grow_interval": 10, "mapping.final_max_gaussians": 0, **NO_DENSIFY})
     gmap, mapper, kf = coarse_map_with_a_detailed_patch(seq, cfg, (slice(24, 72), slice(16, 64)))
     gmap.max_gaussians = len(gmap) + 40
     mapper.refine_all([kf], 60)
@@ -276,6 +276,22 @@ def test_growth_respects_the_cap(small_sequence) -> None:
     assert len(gmap) >= gmap.max_gaussians - 40 + 20  # it did grow, up to the cap
     for name, opt in gmap.optimizers.items():
         assert opt.state[gmap.params[name]]["exp_avg"].shape[0] == len(gmap)
+
+
+def test_the_final_refinement_grows_up_to_its_own_cap_and_restores_the_online_one(small_sequence) -> None:
+    """``mapping.final_max_gaussians`` above the online cap: the final refinement grows past
+    the online cap, up to its own, and the online cap holds again afterwards."""
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"blur.subframes": 1, "mapping.final_grow_grad": 1.0,
+                                      "mapping.final_grow_interval": 10, **NO_DENSIFY})
+    gmap, mapper, kf = coarse_map_with_a_detailed_patch(seq, cfg, (slice(24, 72), slice(16, 64)))
+    online = len(gmap) + 10
+    gmap.max_gaussians = online
+    mapper.cfg = apply_flat(cfg, {"mapping.final_max_gaussians": online + 60})
+    mapper.refine_all([kf], 60)
+    assert online + 60 - 20 <= len(gmap) <= online + 60  # past the online cap, within its own
+    assert gmap.max_gaussians == online
+    assert gmap.add(gmap.means[:5].detach(), torch.rand(5, 3), torch.full((5,), 0.01)) == 0  # online: full
 
 
 def test_window_rounds_move_means_at_their_factor_and_the_final_refinement_at_the_full_rate(small_sequence) -> None:
