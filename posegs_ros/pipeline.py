@@ -1049,7 +1049,7 @@ class Reconstructor:
         start = time.perf_counter()
         order = [v.frame_index for v in refined]
         corrections = [(v.stamp, v.numpy_pose() @ np.linalg.inv(before[v.frame_index])) for v in refined]
-        views = [v for v in rest if not v.fixed and refined]
+        views = [v for v in rest if not v.fixed]  # refined is never empty: final_max_views >= 2
         for view in views:
             correction = _pose_at(view.stamp, [corrections[j] for j in _neighbours(order, view.frame_index)])
             view.pose = torch.from_numpy(correction @ view.numpy_pose())
