@@ -88,6 +88,11 @@ class TrackingConfig:
     flow: str = _f("dis", "dense optical flow: dis (OpenCV DIS) | farneback")
     flow_preset: str = _f("balanced", "DIS preset: ultrafast | fast | balanced | medium (balanced: medium with fewer "
                           "gradient-descent and variational iterations, as accurate for tracking and faster)")
+    flow_presmooth_px: float = _f(
+        0.0, "Gaussian blur (sigma, pixels at full size) of both images before dense flow: DIS matches at half "
+        "resolution, where 1-3 px texture aliases, and the sharp render lacks the detail the blurred frame smears; "
+        "1 for fine, high-contrast texture (posters, gravel, text: far better poses there), 0 = off (real "
+        "7-Scenes frames track slightly worse with it)")
     flow_passes: int = _f(2, "at most this many render -> flow -> Gauss-Newton passes per frame (each starts from "
                           "the previous pose)")
     repass_px: float = _f(8.0, "another pass only when the median flow of the previous one exceeded this (pixels): "

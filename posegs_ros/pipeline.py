@@ -249,7 +249,7 @@ class Reconstructor:
             cv2.setNumThreads(1)  # OpenCV's pool would spin on the cores the two engine threads use
         self._thread_setup = threading.local()
         self.device = torch.device(self.config.render.device)
-        self.flow = DenseFlow(self.config.tracking.flow, self.config.tracking.flow_preset)
+        self.flow = DenseFlow.from_config(self.config.tracking)
         self.tracker = Tracker(self.config, self.flow)
         self.store = MapStore()
         self.backend: MappingBackend | None = None
@@ -650,7 +650,7 @@ class Reconstructor:
         if not between and not before:
             return
         assert self.backend is not None
-        tracker = Tracker(self.config, DenseFlow(self.config.tracking.flow, self.config.tracking.flow_preset))
+        tracker = Tracker(self.config, DenseFlow.from_config(self.config.tracking))
         first_stamp, second_stamp = self._keyframe_stamps[0], self._keyframe_stamps[1]
         late = self._late_poses
 

@@ -85,7 +85,7 @@ class MappingBackend:
         self.device = torch.device(cfg.render.device)
         self.gmap = GaussianMap(cfg.render.sh_degree, cfg.mapping.max_gaussians, self.device)
         self.mapper = Mapper(cfg, self.gmap, self.rng)
-        self.flow = DenseFlow(cfg.tracking.flow, cfg.tracking.flow_preset)  # own instance: OpenCV's is not shared
+        self.flow = DenseFlow.from_config(cfg.tracking)  # own instance: OpenCV's is not shared
         self.keyframes: list[Keyframe] = []
         self.window: tuple[int, ...] = ()
         self.frozen: tuple[int, ...] = ()

@@ -236,7 +236,7 @@ class Tracker:
         """The flow for images at ``scale`` of the camera's size (one OpenCV instance per scale)."""
         if scale not in self._flows:
             t = self.cfg.tracking
-            self._flows[scale] = DenseFlow(t.flow, t.flow_preset, scale)
+            self._flows[scale] = DenseFlow.from_config(t, scale)
         return self._flows[scale]
 
     def track(
