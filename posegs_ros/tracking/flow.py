@@ -51,9 +51,9 @@ class DenseFlow:
     as the preset gives on full images, at a fraction of the cost of the full-size pyramid.
 
     ``presmooth``: sigma (pixels of the full-size image) of a Gaussian blur applied to both
-    images first. DIS subsamples its pyramid without low-pass filtering, so texture finer than
-    its finest level (half resolution for the medium presets) aliases into wrong matches, and a
-    sharp render against a motion-blurred frame differs most in that detail; on 1-6 px random
+    images first. DIS's finest level is half resolution for the medium presets: texture finer
+    than that aliases into wrong matches, and a sharp render against a motion-blurred frame
+    differs most in that detail; on 1-6 px random
     texture with 1-9 px of blur, sigma 1 cuts the median flow error 1.5-4x (tests).
     """
 
