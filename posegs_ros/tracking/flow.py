@@ -53,8 +53,8 @@ class DenseFlow:
     ``presmooth``: sigma (pixels of the full-size image) of a Gaussian blur applied to both
     images first. DIS's finest level is half resolution for the medium presets: texture finer
     than that aliases into wrong matches, and a sharp render against a motion-blurred frame
-    differs most in that detail; on 1-6 px random
-    texture with 1-9 px of blur, sigma 1 cuts the median flow error 1.5-4x (tests).
+    differs most in that detail; on 1-6 px random texture with 1-9 px of blur, sigma 1 cuts
+    the median flow error 1.5-4x (tests).
     """
 
     @classmethod

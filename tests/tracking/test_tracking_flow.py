@@ -48,7 +48,7 @@ def test_presmoothing_follows_the_image_scale_and_the_config() -> None:
         DenseFlow(presmooth=-1.0)
 
 
-def test_presmoothing_does_not_change_a_coarse_shift() -> None:
-    """Smoothing is for detail: on coarse texture the flow stays as accurate as without it."""
+def test_presmoothing_keeps_a_coarse_shift_accurate() -> None:
+    """Smoothing is for detail: on coarse texture the smoothed flow still finds the shift."""
     a, b = fine_texture_pair(0, 12, 1)
     assert median_error(DenseFlow("dis", "balanced", presmooth=1.0), a, b) < 0.15
