@@ -9,7 +9,9 @@ Library use (``posegs replay`` / ``posegs demo``)::
 Trajectory metrics come from evo: poses associated by timestamp (``max_diff`` seconds),
 ATE RMSE of positions after a Sim(3) Umeyama alignment (monocular: scale is free; the recovered
 scale is reported), after an SE(3) alignment, and without alignment; RPE over 1-frame deltas
-(translation after the Sim(3) scale correction, rotation in degrees).
+and over ~1 s (the frames of one second at the median frame period: drift, e.g. a slow rotation
+error that per-frame RPE and ATE hardly show), translation after the Sim(3) scale correction,
+rotation in degrees.
 
 Image metrics: images matched by file name (``NNNN.png``) in both folders, 8-bit, data range
 255.  PSNR of identical images is infinite: per frame it is reported as ``inf`` (``"inf"`` in
@@ -71,6 +73,9 @@ class TrajectoryMetrics:
     alignment_sim3: np.ndarray  # [4, 4] scale * R | t mapping the estimate onto GT
     rpe_trans_rmse: float  # metres per frame, after the Sim(3) scale correction
     rpe_rot_rmse_deg: float  # degrees per frame
+    rpe_1s_frames: int  # the frame step of the drift RPE below: the frames in ~1 s (median frame period)
+    rpe_1s_trans_rmse: float  # metres over ~1 s (``rpe_1s_frames`` frames), after the Sim(3) scale correction
+    rpe_1s_rot_rmse_deg: float  # degrees over ~1 s: rotation drift, which the per-frame RPE and ATE hide
     stamps: np.ndarray  # [N] matched GT stamps (s)
     ate_errors: np.ndarray  # [N] position error after Sim(3) alignment
     ate_errors_se3: np.ndarray  # [N] after SE(3) alignment
@@ -84,7 +89,8 @@ class TrajectoryMetrics:
             "max_diff_s": self.max_diff, "ate_rmse_sim3": self.ate_rmse_sim3, "ate_rmse_se3": self.ate_rmse_se3,
             "ate_rmse_unaligned": self.ate_rmse_unaligned, "ate_sim3": self.ate_sim3_stats, "scale": self.scale,
             "alignment_sim3": self.alignment_sim3, "rpe_trans_rmse": self.rpe_trans_rmse,
-            "rpe_rot_rmse_deg": self.rpe_rot_rmse_deg,
+            "rpe_rot_rmse_deg": self.rpe_rot_rmse_deg, "rpe_1s_frames": self.rpe_1s_frames,
+            "rpe_1s_trans_rmse": self.rpe_1s_trans_rmse, "rpe_1s_rot_rmse_deg": self.rpe_1s_rot_rmse_deg,
         }
 
 
@@ -179,6 +185,19 @@ def _ape(reference: Any, estimate: Any) -> Any:
     return ape
 
 
+def _rpe(reference: Any, estimate: Any, delta: int) -> tuple[float, float]:
+    """RMSE of the relative pose error over ``delta`` frames of two associated evo trajectories:
+    (translation, same units as the poses; rotation angle, degrees)."""
+    from evo.core import metrics
+
+    out = []
+    for relation in (metrics.PoseRelation.translation_part, metrics.PoseRelation.rotation_angle_deg):
+        rpe = metrics.RPE(relation, delta=delta, delta_unit=metrics.Unit.frames)
+        rpe.process_data((reference, estimate))
+        out.append(float(rpe.get_statistic(metrics.StatisticsType.rmse)))
+    return out[0], out[1]
+
+
 def evaluate_trajectory(gt: Any, est: Any, max_diff: float = 0.01) -> TrajectoryMetrics:
     """ATE / RPE of ``est`` against ``gt`` (both :class:`posegs_ros.io.Trajectory`).
 
@@ -204,10 +223,10 @@ def evaluate_trajectory(gt: Any, est: Any, max_diff: float = 0.01) -> Trajectory
     except GeometryException as err:
         raise ValueError(f"cannot align the trajectories (degenerate, e.g. no motion): {err}") from err
     ape_sim3, ape_se3 = _ape(reference, est_sim3), _ape(reference, est_se3)
-    rpe_t = metrics.RPE(metrics.PoseRelation.translation_part, delta=1, delta_unit=metrics.Unit.frames)
-    rpe_t.process_data((reference, est_sim3))
-    rpe_r = metrics.RPE(metrics.PoseRelation.rotation_angle_deg, delta=1, delta_unit=metrics.Unit.frames)
-    rpe_r.process_data((reference, est_sim3))
+    rpe_trans, rpe_rot = _rpe(reference, est_sim3, 1)
+    period = float(np.median(np.diff(reference.timestamps)))
+    drift_frames = int(min(max(round(1.0 / period), 1) if period > 0 else 1, reference.num_poses - 1))
+    rpe_1s_trans, rpe_1s_rot = _rpe(reference, est_sim3, drift_frames)
     alignment = np.eye(4)
     alignment[:3, :3] = scale * rotation
     alignment[:3, 3] = translation
@@ -218,7 +237,8 @@ def evaluate_trajectory(gt: Any, est: Any, max_diff: float = 0.01) -> Trajectory
         ate_rmse_unaligned=float(unaligned.get_statistic(rmse)),
         ate_sim3_stats={k: float(v) for k, v in ape_sim3.get_all_statistics().items()},
         scale=float(scale), alignment_sim3=alignment,
-        rpe_trans_rmse=float(rpe_t.get_statistic(rmse)), rpe_rot_rmse_deg=float(rpe_r.get_statistic(rmse)),
+        rpe_trans_rmse=rpe_trans, rpe_rot_rmse_deg=rpe_rot, rpe_1s_frames=drift_frames,
+        rpe_1s_trans_rmse=rpe_1s_trans, rpe_1s_rot_rmse_deg=rpe_1s_rot,
         stamps=np.asarray(reference.timestamps), ate_errors=np.asarray(ape_sim3.error),
         ate_errors_se3=np.asarray(ape_se3.error), gt_positions=np.asarray(reference.positions_xyz),
         est_positions_sim3=np.asarray(est_sim3.positions_xyz),
@@ -406,7 +426,8 @@ def summary_text(result: EvalResult) -> str:
         t = result.trajectory
         lines.append(f"trajectory: {t.matched} poses matched | ATE RMSE Sim(3) {t.ate_rmse_sim3:.4f} m "
                      f"(scale {t.scale:.4f}) | SE(3) {t.ate_rmse_se3:.4f} m | RPE {t.rpe_trans_rmse:.4f} m, "
-                     f"{t.rpe_rot_rmse_deg:.3f} deg per frame")
+                     f"{t.rpe_rot_rmse_deg:.3f} deg per frame; {t.rpe_1s_trans_rmse:.4f} m, "
+                     f"{t.rpe_1s_rot_rmse_deg:.2f} deg over {t.rpe_1s_frames} frames (~1 s)")
     for label, metrics in (("deblurred", result.deblurred), ("input", result.input)):
         if metrics is not None:
             lines.append(f"{label} vs GT: {len(metrics.names)} images | PSNR {metrics.psnr_mean:.2f} dB | "

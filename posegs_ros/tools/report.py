@@ -177,6 +177,8 @@ def render_html(result: Any, figures: list[str]) -> str:
             ("Sim(3) scale", _fmt(t.scale, 4)),
             ("RPE translation (1 frame)", f"{_fmt(t.rpe_trans_rmse * 100, 2)} cm"),
             ("RPE rotation (1 frame)", f"{_fmt(t.rpe_rot_rmse_deg, 3)} deg"),
+            (f"RPE translation / rotation ({t.rpe_1s_frames} frames, ~1 s)",
+             f"{_fmt(t.rpe_1s_trans_rmse * 100, 2)} cm / {_fmt(t.rpe_1s_rot_rmse_deg, 2)} deg"),
         ]
     for label, metrics in (("deblurred vs GT", result.deblurred), ("input vs GT", result.input),
                            ("render vs input", result.vs_input)):

@@ -76,6 +76,30 @@ def test_known_noise_is_measured() -> None:
     assert metrics.ate_rmse_sim3 <= metrics.ate_rmse_se3 <= metrics.ate_rmse_unaligned
 
 
+def test_rotation_drift_shows_in_the_one_second_rpe() -> None:
+    """A slow rotation drift (0.1 deg per frame about a fixed map axis, positions exact):
+    per-frame RPE sees 0.1 deg, the ~1 s RPE the drift accumulated over 30 frames (3 deg)."""
+    gt = _trajectory(120)
+    drifting = Trajectory(gt.stamps, gt.poses.copy())
+    for i in range(len(gt)):
+        angle = np.radians(0.1 * i)
+        spin = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(angle), -np.sin(angle)], [0.0, np.sin(angle), np.cos(angle)]])
+        drifting.poses[i, :3, :3] = spin @ gt.poses[i, :3, :3]
+    metrics = evaluate_trajectory(gt, drifting)
+    assert metrics.ate_rmse_sim3 < 1e-9  # positions untouched: ATE cannot see it
+    assert metrics.rpe_1s_frames == 30  # stamps 1/30 s apart
+    assert metrics.rpe_rot_rmse_deg == pytest.approx(0.1, rel=1e-3)
+    assert metrics.rpe_1s_rot_rmse_deg == pytest.approx(3.0, rel=1e-3)
+    summary = metrics.summary()
+    assert summary["rpe_1s_frames"] == 30 and summary["rpe_1s_rot_rmse_deg"] == pytest.approx(3.0, rel=1e-3)
+
+
+def test_the_one_second_rpe_of_a_short_trajectory_spans_what_there_is() -> None:
+    gt = _trajectory(10)
+    metrics = evaluate_trajectory(gt, _apply(_similarity(0.5), gt))
+    assert metrics.rpe_1s_frames == 9 and metrics.rpe_1s_rot_rmse_deg < 1e-6 and metrics.rpe_1s_trans_rmse < 1e-9
+
+
 def test_association_uses_the_tolerance() -> None:
     gt = _trajectory()
     shifted = Trajectory(gt.stamps + 0.004, gt.poses)

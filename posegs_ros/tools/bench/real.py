@@ -4,7 +4,8 @@
 data stays outside the repository). Each window ``START:COUNT`` (images ``START`` ..
 ``START + COUNT - 1`` of the folder) is converted into a rosbag2 (resized, intrinsics scaled)
 and replayed with ``posegs replay`` in its own process, so that its peak RSS is its own. Per
-window it prints ATE (Sim(3)) of the final and of the online trajectory, RPE per frame, the
+window it prints ATE (Sim(3)) of the final and of the online trajectory, RPE per frame and over
+~1 s (rotation drift), the
 PSNR / SSIM of the renders against the input frames (real cameras have no sharp ground
 truth), frames posed, processing frames/s, end-to-end seconds per frame (final refinement
 and renders included) and the peak RSS.
@@ -106,6 +107,8 @@ def window_row(start: int, count: int, out: Path, wall_s: float, peak_rss_mb: fl
         "ate_online_cm": 100 * number(online.get("ate_rmse_sim3")),
         "rpe_cm": 100 * number(traj.get("rpe_trans_rmse")),
         "rpe_deg": number(traj.get("rpe_rot_rmse_deg")),
+        "rpe_1s_cm": 100 * number(traj.get("rpe_1s_trans_rmse")),
+        "rpe_1s_deg": number(traj.get("rpe_1s_rot_rmse_deg")),
         "psnr_vs_input": number(vs_input.get("psnr_mean")),
         "ssim_vs_input": number(vs_input.get("ssim_mean")),
         "keyframes": int(summary["keyframes"]),
@@ -125,12 +128,14 @@ def window_row(start: int, count: int, out: Path, wall_s: float, peak_rss_mb: fl
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`window_row` rows."""
-    head = ("| window | posed | ATE final / online (cm) | RPE (cm, deg / frame) | PSNR / SSIM vs input | "
+    head = ("| window | posed | ATE final / online (cm) | RPE (cm, deg / frame) | RPE over 1 s (cm, deg) | "
+            "PSNR / SSIM vs input | "
             "keyframes | Gaussians | map mismatch / lost / re-inits | focal used / given (px) | frames/s | "
             "s / frame end to end | peak RSS (MB) |")
     return table(head, (
         f"| {r['window']} | {r['posed']} / {r['frames']} | {cell(r['ate_cm'], '.2f')} / "
         f"{cell(r['ate_online_cm'], '.2f')} | {cell(r['rpe_cm'], '.2f')}, {cell(r['rpe_deg'], '.3f')} | "
+        f"{cell(r.get('rpe_1s_cm', float('nan')), '.2f')}, {cell(r.get('rpe_1s_deg', float('nan')), '.2f')} | "
         f"{cell(r['psnr_vs_input'], '.2f')} / {cell(r['ssim_vs_input'], '.3f')} | {r['keyframes']} | "
         f"{r['gaussians']} | {r['mismatch']} / {r['lost']} / {r['reinitializations']} | "
         f"{cell(r.get('focal_px', float('nan')), '.1f')} / {cell(r.get('focal_given_px', float('nan')), '.1f')} | "
