@@ -67,7 +67,9 @@ class RenderConfig:
 class InitConfig:
     """Monocular initialization: two frames, essential matrix, triangulation."""
 
-    min_parallax_px: float = _f(8.0, "median translational parallax (flow minus rotation) needed to initialize (pixels)")
+    min_parallax_px: float = _f(
+        12.0, "median translational parallax (flow minus rotation) needed to initialize (pixels): a shorter baseline "
+        "leaves the first map's depth bent, and the poses tracked against it drift in rotation")
     min_inliers: int = _f(300, "essential-matrix inliers needed to accept an initialization")
     max_frames: int = _f(30, "frames to wait for parallax before re-selecting the first init frame")
     backfill_frames: int = _f(300, "frames that left the initialization buffer and are posed once the map exists "
