@@ -5,10 +5,9 @@ data stays outside the repository). Each window ``START:COUNT`` (images ``START`
 ``START + COUNT - 1`` of the folder) is converted into a rosbag2 (resized, intrinsics scaled)
 and replayed with ``posegs replay`` in its own process, so that its peak RSS is its own. Per
 window it prints ATE (Sim(3)) of the final and of the online trajectory, RPE per frame and over
-~1 s (rotation drift), the
-PSNR / SSIM of the renders against the input frames (real cameras have no sharp ground
-truth), frames posed, processing frames/s, end-to-end seconds per frame (final refinement
-and renders included) and the peak RSS.
+~1 s (rotation drift), the PSNR / SSIM of the renders against the input frames (real cameras
+have no sharp ground truth), frames posed, processing frames/s, end-to-end seconds per frame
+(final refinement and renders included) and the peak RSS.
 
     posegs bench real data/redkitchen --windows 300:150,450:150,600:150 --json real.json
     posegs bench real data/redkitchen --windows 300:100,300:300,300:700   # cost vs length
