@@ -410,9 +410,10 @@ def test_concurrent_focal_estimate_runs_beside_tracking_and_its_restart_comes_wi
     frames = [Frame(f.blurred, f.stamp, given, f.index) for f in small_sequence.frames]
     with Reconstructor(cfg, concurrent=True) as engine:
         results, queue = [], iter(frames)
-        while engine._calibration_job is None:
+        while engine._calibration_job is None:  # the mapping thread keeps up: which frame starts it is not up to timing
             results.append(engine.process(next(queue)))
-        assert started.wait(TIMEOUT)
+            assert engine.backend.wait_idle(TIMEOUT)
+        assert started.wait(TIMEOUT) and len(results) <= len(frames) - 4, len(results)
         meanwhile = [engine.process(next(queue)) for _ in range(3)]  # returns while the estimate waits
         assert engine.calibration is None and not any(r.restarted for r in meanwhile)
         release.set()
