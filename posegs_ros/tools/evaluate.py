@@ -45,6 +45,7 @@ __all__ = [
     "psnr",
     "mean_psnr",
     "evaluate_trajectory",
+    "rotation_gain",
     "evaluate_images",
     "evaluate_masks",
     "evaluate",
@@ -76,6 +77,9 @@ class TrajectoryMetrics:
     rpe_1s_frames: int  # the frame step of the drift RPE below: the frames in ~1 s (median frame period)
     rpe_1s_trans_rmse: float  # metres over ~1 s (``rpe_1s_frames`` frames), after the Sim(3) scale correction
     rpe_1s_rot_rmse_deg: float  # degrees over ~1 s: rotation drift, which the per-frame RPE and ATE hide
+    # [3] estimated over GT rotation about the camera's x (pitch), y (yaw), z (roll) axes over ~1 s
+    # (see rotation_gain): 1 = rotations of the right size; a wrong focal length scales x and y, not z
+    rotation_gain_1s: list[float]
     stamps: np.ndarray  # [N] matched GT stamps (s)
     ate_errors: np.ndarray  # [N] position error after Sim(3) alignment
     ate_errors_se3: np.ndarray  # [N] after SE(3) alignment
@@ -91,6 +95,7 @@ class TrajectoryMetrics:
             "alignment_sim3": self.alignment_sim3, "rpe_trans_rmse": self.rpe_trans_rmse,
             "rpe_rot_rmse_deg": self.rpe_rot_rmse_deg, "rpe_1s_frames": self.rpe_1s_frames,
             "rpe_1s_trans_rmse": self.rpe_1s_trans_rmse, "rpe_1s_rot_rmse_deg": self.rpe_1s_rot_rmse_deg,
+            "rotation_gain_1s": self.rotation_gain_1s,
         }
 
 
@@ -198,6 +203,29 @@ def _rpe(reference: Any, estimate: Any, delta: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
+def rotation_gain(gt_rotations: np.ndarray, est_rotations: np.ndarray, delta: int) -> list[float]:
+    """Least-squares gain of the estimated relative rotations over the ground truth's, per camera axis.
+
+    For every pair of frames ``delta`` apart, both relative rotations ``R_i^T R_{i+delta}`` are
+    taken as rotation vectors in the camera frame; the gain of axis ``a`` is
+    ``sum(gt_a * est_a) / sum(gt_a ** 2)``. Independent of how the trajectories are aligned and
+    of the map's scale; a focal length off by a factor ``c`` gives about ``1 / c`` on x and y (the
+    axes across the view) and 1 on z. NaN for an axis the ground truth does not turn about.
+
+    Args:
+        gt_rotations, est_rotations: ``[N, 3, 3]`` camera-to-world rotations of associated poses.
+        delta: frame step.
+    """
+    from scipy.spatial.transform import Rotation
+
+    if len(gt_rotations) <= delta:
+        return [float("nan")] * 3
+    relative = lambda r: (Rotation.from_matrix(r[:-delta]).inv() * Rotation.from_matrix(r[delta:])).as_rotvec()  # noqa: E731
+    g, e = relative(np.asarray(gt_rotations)), relative(np.asarray(est_rotations))
+    power = (g * g).sum(0)
+    return [float((g[:, a] * e[:, a]).sum() / power[a]) if power[a] > 1e-12 else float("nan") for a in range(3)]
+
+
 def evaluate_trajectory(gt: Any, est: Any, max_diff: float = 0.01) -> TrajectoryMetrics:
     """ATE / RPE of ``est`` against ``gt`` (both :class:`posegs_ros.io.Trajectory`).
 
@@ -227,6 +255,8 @@ def evaluate_trajectory(gt: Any, est: Any, max_diff: float = 0.01) -> Trajectory
     period = float(np.median(np.diff(reference.timestamps)))
     drift_frames = int(min(max(round(1.0 / period), 1) if period > 0 else 1, reference.num_poses - 1))
     rpe_1s_trans, rpe_1s_rot = _rpe(reference, est_sim3, drift_frames)
+    gain = rotation_gain(np.asarray(reference.poses_se3)[:, :3, :3], np.asarray(estimate.poses_se3)[:, :3, :3],
+                         drift_frames)
     alignment = np.eye(4)
     alignment[:3, :3] = scale * rotation
     alignment[:3, 3] = translation
@@ -238,7 +268,7 @@ def evaluate_trajectory(gt: Any, est: Any, max_diff: float = 0.01) -> Trajectory
         ate_sim3_stats={k: float(v) for k, v in ape_sim3.get_all_statistics().items()},
         scale=float(scale), alignment_sim3=alignment,
         rpe_trans_rmse=rpe_trans, rpe_rot_rmse_deg=rpe_rot, rpe_1s_frames=drift_frames,
-        rpe_1s_trans_rmse=rpe_1s_trans, rpe_1s_rot_rmse_deg=rpe_1s_rot,
+        rpe_1s_trans_rmse=rpe_1s_trans, rpe_1s_rot_rmse_deg=rpe_1s_rot, rotation_gain_1s=gain,
         stamps=np.asarray(reference.timestamps), ate_errors=np.asarray(ape_sim3.error),
         ate_errors_se3=np.asarray(ape_se3.error), gt_positions=np.asarray(reference.positions_xyz),
         est_positions_sim3=np.asarray(est_sim3.positions_xyz),
@@ -427,7 +457,8 @@ def summary_text(result: EvalResult) -> str:
         lines.append(f"trajectory: {t.matched} poses matched | ATE RMSE Sim(3) {t.ate_rmse_sim3:.4f} m "
                      f"(scale {t.scale:.4f}) | SE(3) {t.ate_rmse_se3:.4f} m | RPE {t.rpe_trans_rmse:.4f} m, "
                      f"{t.rpe_rot_rmse_deg:.3f} deg per frame; {t.rpe_1s_trans_rmse:.4f} m, "
-                     f"{t.rpe_1s_rot_rmse_deg:.2f} deg over {t.rpe_1s_frames} frames (~1 s)")
+                     f"{t.rpe_1s_rot_rmse_deg:.2f} deg over {t.rpe_1s_frames} frames (~1 s); rotation gain x / y / z "
+                     + " / ".join(f"{g:.2f}" for g in t.rotation_gain_1s))
     for label, metrics in (("deblurred", result.deblurred), ("input", result.input)):
         if metrics is not None:
             lines.append(f"{label} vs GT: {len(metrics.names)} images | PSNR {metrics.psnr_mean:.2f} dB | "

@@ -179,6 +179,8 @@ def render_html(result: Any, figures: list[str]) -> str:
             ("RPE rotation (1 frame)", f"{_fmt(t.rpe_rot_rmse_deg, 3)} deg"),
             (f"RPE translation / rotation ({t.rpe_1s_frames} frames, ~1 s)",
              f"{_fmt(t.rpe_1s_trans_rmse * 100, 2)} cm / {_fmt(t.rpe_1s_rot_rmse_deg, 2)} deg"),
+            ("rotation gain x / y / z (~1 s, estimate over GT; 1 = right size)",
+             " / ".join(_fmt(g, 3) for g in t.rotation_gain_1s)),
         ]
     for label, metrics in (("deblurred vs GT", result.deblurred), ("input vs GT", result.input),
                            ("render vs input", result.vs_input)):

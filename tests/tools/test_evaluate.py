@@ -94,6 +94,28 @@ def test_rotation_drift_shows_in_the_one_second_rpe() -> None:
     assert summary["rpe_1s_frames"] == 30 and summary["rpe_1s_rot_rmse_deg"] == pytest.approx(3.0, rel=1e-3)
 
 
+def test_rotation_gain_reads_rotations_made_too_small_about_the_axes_across_the_view() -> None:
+    """A hand-held pan and tilt (turning about the camera's own axes) estimated with rotations 0.8x
+    about x, 0.9x about y and exact about z, as a focal length ~1.2x too long would give: the gains
+    read that, whatever similarity the estimate lives in; the exact trajectory reads 1."""
+    from scipy.spatial.transform import Rotation
+
+    n = 120
+    t = np.arange(n) / 30.0
+    rates = np.stack([0.3 * np.sin(1.1 * t), 0.5 * np.cos(0.7 * t), 0.2 * np.sin(2.3 * t + 0.4)], 1) / 30  # rad / frame
+    gt_poses, est_poses = np.tile(np.eye(4), (n, 1, 1)), np.tile(np.eye(4), (n, 1, 1))
+    for i in range(1, n):
+        gt_poses[i, :3, :3] = gt_poses[i - 1, :3, :3] @ Rotation.from_rotvec(rates[i]).as_matrix()
+        est_poses[i, :3, :3] = est_poses[i - 1, :3, :3] @ Rotation.from_rotvec(rates[i] * [0.8, 0.9, 1.0]).as_matrix()
+        gt_poses[i, :3, 3] = est_poses[i, :3, 3] = [0.5 * t[i], 0.1 * np.sin(t[i]), 0.0]
+    gt = Trajectory(1_700_000_000.0 + t, gt_poses)
+    metrics = evaluate_trajectory(gt, _apply(_similarity(0.3), Trajectory(gt.stamps.copy(), est_poses)))
+    assert metrics.rotation_gain_1s == pytest.approx([0.8, 0.9, 1.0], abs=0.02)
+    assert metrics.summary()["rotation_gain_1s"] == metrics.rotation_gain_1s
+    assert evaluate_trajectory(gt, _apply(_similarity(0.3), gt)).rotation_gain_1s == pytest.approx([1.0] * 3, abs=1e-9)
+    assert ev.rotation_gain(gt_poses[:5, :3, :3], gt_poses[:5, :3, :3], 30) == [pytest.approx(float("nan"), nan_ok=True)] * 3
+
+
 def test_the_one_second_rpe_of_a_short_trajectory_spans_what_there_is() -> None:
     gt = _trajectory(10)
     metrics = evaluate_trajectory(gt, _apply(_similarity(0.5), gt))
