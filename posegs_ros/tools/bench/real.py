@@ -108,6 +108,8 @@ def window_row(start: int, count: int, out: Path, wall_s: float, peak_rss_mb: fl
         "rpe_deg": number(traj.get("rpe_rot_rmse_deg")),
         "rpe_1s_cm": 100 * number(traj.get("rpe_1s_trans_rmse")),
         "rpe_1s_deg": number(traj.get("rpe_1s_rot_rmse_deg")),
+        # estimated over GT rotation about the camera's x / y / z over ~1 s (posegs eval): a focal off shows on x, y
+        "rotation_gain": [number(g) for g in traj.get("rotation_gain_1s") or [None] * 3],
         "psnr_vs_input": number(vs_input.get("psnr_mean")),
         "ssim_vs_input": number(vs_input.get("ssim_mean")),
         "keyframes": int(summary["keyframes"]),
@@ -129,7 +131,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of :func:`window_row` rows."""
     head = ("| window | posed | ATE final / online (cm) | RPE (cm, deg / frame) | RPE over 1 s (cm, deg) | "
             "PSNR / SSIM vs input | "
-            "keyframes | Gaussians | map mismatch / lost / re-inits | focal used / given (px) | frames/s | "
+            "keyframes | Gaussians | map mismatch / lost / re-inits | focal used / given (px) | rotation gain x / y / z | "
+            "frames/s | "
             "s / frame end to end | peak RSS (MB) |")
     return table(head, (
         f"| {r['window']} | {r['posed']} / {r['frames']} | {cell(r['ate_cm'], '.2f')} / "
@@ -138,7 +141,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"{cell(r['psnr_vs_input'], '.2f')} / {cell(r['ssim_vs_input'], '.3f')} | {r['keyframes']} | "
         f"{r['gaussians']} | {r['mismatch']} / {r['lost']} / {r['reinitializations']} | "
         f"{cell(r.get('focal_px', float('nan')), '.1f')} / {cell(r.get('focal_given_px', float('nan')), '.1f')} | "
-        f"{r['fps']:.2f} | "
+        f"{' / '.join(cell(g, '.2f') for g in r.get('rotation_gain', [float('nan')] * 3))} | {r['fps']:.2f} | "
         f"{r['seconds_per_frame']:.2f} | {r['peak_rss_mb']:.0f} |"
         for r in rows
     ))

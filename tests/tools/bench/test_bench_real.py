@@ -49,6 +49,7 @@ def test_window_replayed_in_a_child_and_tabulated(
     assert row["window"] == "4:16" and row["frames"] == 16 and row["posed"] >= 14
     assert np.isfinite(row["ate_cm"]) and np.isfinite(row["ate_online_cm"]) and np.isfinite(row["rpe_cm"])
     assert np.isfinite(row["rpe_1s_cm"]) and np.isfinite(row["rpe_1s_deg"])
+    assert len(row["rotation_gain"]) == 3 and all(np.isfinite(row["rotation_gain"]))
     assert row["psnr_vs_input"] > 15  # renders explain the input frames
     assert row["peak_rss_mb"] > 100  # the child's own peak (torch alone is more)
     assert "| 4:16 |" in text
