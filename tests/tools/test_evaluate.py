@@ -96,8 +96,8 @@ def test_rotation_drift_shows_in_the_one_second_rpe() -> None:
 
 def test_rotation_gain_reads_rotations_made_too_small_about_the_axes_across_the_view() -> None:
     """A hand-held pan and tilt (turning about the camera's own axes) estimated with rotations 0.8x
-    about x, 0.9x about y and exact about z, as a focal length ~1.2x too long would give: the gains
-    read that, whatever similarity the estimate lives in; the exact trajectory reads 1."""
+    about x, 0.9x about y and exact about z (too small across the view, as a too long focal length
+    makes them): the gains read that, whatever similarity the estimate lives in; exact reads 1."""
     from scipy.spatial.transform import Rotation
 
     n = 120
