@@ -126,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"posegs replay: {err}", file=sys.stderr)
         return 2
+    if args.gt is not None and not Path(args.gt).is_file():  # found out now, not after the whole replay
+        print(f"posegs replay: --gt {args.gt}: no such file", file=sys.stderr)
+        return 2
     try:
         if args.realtime:
             from .realtime import replay_realtime

@@ -100,6 +100,16 @@ def test_cli_reports_errors_with_exit_code(tmp_path, capsys) -> None:
     assert main(["replay", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--set", "blur.nope=1"]) == 2
 
 
+def test_a_missing_ground_truth_file_is_refused_before_the_replay(synthetic_bag, tmp_path, capsys) -> None:
+    """A mistyped --gt is reported at once (it used to surface in the evaluation, after the whole
+    replay, which then left nothing behind)."""
+    from posegs_ros.tools.cli import main
+
+    out = tmp_path / "o"
+    assert main(["replay", str(synthetic_bag), "--out", str(out), "--gt", str(tmp_path / "gt.tum"), "--quiet"]) == 2
+    assert "--gt" in capsys.readouterr().err and not out.exists()
+
+
 def test_bag_too_short_to_initialize_is_reported_not_a_traceback(synthetic_bag, tmp_path, capsys) -> None:
     from posegs_ros.tools.cli import main
 
