@@ -200,6 +200,9 @@ class MappingConfig:
                                 "first up to max_gaussians; 0 = off")
     final_grow_interval: int = _f(50, "offline only: steps of the final refinement between two growths (final_grow_grad), "
                                   "in its first 60 %")
+    final_photometric_weight: float = _f(0.1, "offline only: tracking.photometric_weight of the flow-based re-tracking "
+                                         "against the refined map (its renders match the frames closely: their "
+                                         "intensities earn more weight than online)")
     final_max_views: int = _f(100, "offline only: at most this many frames (evenly spaced) join the final refinement; "
                               "the others are tracked against the refined map after it")
     optimize_poses: bool = _f(True, "refine keyframe poses in mapping (false = two-step: tracking poses stay fixed)")
@@ -211,6 +214,8 @@ class MappingConfig:
     def __post_init__(self) -> None:
         if not self.window_means_lr_factor >= 0:
             raise ConfigError(f"mapping.window_means_lr_factor must be >= 0, got {self.window_means_lr_factor}")
+        if not self.final_photometric_weight >= 0:
+            raise ConfigError(f"mapping.final_photometric_weight must be >= 0, got {self.final_photometric_weight}")
         if self.final_max_gaussians < 0:
             raise ConfigError(f"mapping.final_max_gaussians must be >= 0 (0 = max_gaussians), got {self.final_max_gaussians}")
 

@@ -1074,6 +1074,7 @@ class Reconstructor:
                 image, view.image, view.intrinsics, view.numpy_pose(), view.twist().detach().numpy(), scene,
                 self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self._scene_scale,
                 blurred_subframes=self.backend.mapper.subframes(view) | 1,  # odd: a middle sub-frame at s = 0
+                photometric_weight=self.config.mapping.final_photometric_weight,
             )
             if not res.lost and not res.mismatch and np.isfinite(res.pose).all():  # only a pose the map explains
                 view.pose = torch.from_numpy(res.pose.copy())

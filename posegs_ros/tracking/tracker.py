@@ -254,6 +254,7 @@ class Tracker:
         blurred_subframes: int = 1,
         deadline: float | None = None,
         scale: float | None = None,
+        photometric_weight: float | None = None,
     ) -> TrackingResult:
         """Track one frame.
 
@@ -273,6 +274,8 @@ class Tracker:
                 still ends before it. ``None``: no limit (offline, reproducible).
             scale: render, flow and solve at this fraction of the image size (``None``:
                 ``tracking.render_scale``); blurred renders always run at full size.
+            photometric_weight: weight of the photometric residuals in Gauss-Newton (``None``:
+                ``tracking.photometric_weight``).
         """
         t = self.cfg.tracking
         timings = {"render": 0.0, "flow": 0.0, "gauss_newton+refine": 0.0}
@@ -288,7 +291,8 @@ class Tracker:
             scale = intrinsics.width / full.width
         k = intrinsics.matrix(torch.float64)
         obs_gray = to_gray(image)  # once per frame: the flow's destination and the photometric term's image
-        obs = _Observation(obs_gray, t.photometric_weight > 0)
+        weight = t.photometric_weight if photometric_weight is None else photometric_weight
+        obs = _Observation(obs_gray, weight > 0)
         pose_pass = pose_pred
         gain = 1.0
         solved: PoseSolveResult | None = None
@@ -326,7 +330,8 @@ class Tracker:
             if first is None:
                 first = (out, float((alpha > COVERED_ALPHA).mean()), flow)
             t0 = time.perf_counter()
-            solved, points, ncc = self._gauss_newton(obs, ref_gray, depth, alpha, flow, intrinsics, pose_pass, exclude, scale)
+            solved, points, ncc = self._gauss_newton(obs, ref_gray, depth, alpha, flow, intrinsics, pose_pass, exclude,
+                                                     scale, weight)
             timings["gauss_newton+refine"] += time.perf_counter() - t0
             if solved is None or not np.isfinite(solved.pose).all():
                 break
@@ -394,6 +399,7 @@ class Tracker:
         pose_pred: np.ndarray,
         exclude: np.ndarray | None,
         scale: float = 1.0,
+        photometric_weight: float | None = None,
     ) -> tuple[PoseSolveResult | None, np.ndarray, float]:
         """Solve the pose from flowed samples of the render (``ref_gray`` ``[H, W]`` uint8, its
         ``depth`` and ``alpha``); also returns the normalized cross-correlation of rendered and
@@ -423,7 +429,8 @@ class Tracker:
         photometric = None
         if obs.gradients is not None:
             gu, gv = obs.gradients
-            photometric = PhotometricTerm(points, ref, obs.intensity, gu, gv, t.photometric_weight)
+            weight = t.photometric_weight if photometric_weight is None else photometric_weight
+            photometric = PhotometricTerm(points, ref, obs.intensity, gu, gv, weight)
         result = solve_pose(
             points, targets, k, pose_pred, huber_px=t.huber_px * scale, iterations=t.gn_iterations,
             photometric=photometric, image_size=(w, h),

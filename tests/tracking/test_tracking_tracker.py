@@ -57,6 +57,32 @@ def test_tracks_known_small_motion(small_sequence, render_scale: float) -> None:
     assert res.render.rgb.shape[1:3] == (round(seq.intrinsics.height * render_scale), round(seq.intrinsics.width * render_scale))
 
 
+def test_a_per_call_photometric_weight_acts_as_the_configured_one(small_sequence) -> None:
+    """The final refinement's re-tracking passes its own photometric weight
+    (mapping.final_photometric_weight): the call's weight does exactly what the same weight in
+    the tracking configuration does, and still tracks."""
+    seq = small_sequence
+    base = {"blur.enabled": False, "mapping.gaussian_iters": 40, "mapping.pose_iters": 0, "mapping.joint_iters": 0,
+            "tracking.refine_steps": 0, "tracking.repass_px": 0.0}
+    cfg = apply_flat(PosegsConfig(), base)
+    gmap, mapper = map_from_ground_truth(seq, cfg)
+    settings = RenderSettings(seq.intrinsics.width, seq.intrinsics.height)
+    f0, f3 = seq.frames[0], seq.frames[3]
+
+    def track(config: PosegsConfig, weight: float | None) -> np.ndarray:
+        res = Tracker(config, DenseFlow()).track(
+            f3.blurred, None, seq.intrinsics, f0.pose.copy(), np.zeros(6), scene_tensors(gmap, True), settings,
+            refine=False, scene_scale=mapper.scene_scale, photometric_weight=weight)
+        assert not res.lost
+        return res.pose
+
+    for weight in (0.0, 0.5):
+        configured = track(apply_flat(PosegsConfig(), {**base, "tracking.photometric_weight": weight}), None)
+        assert np.array_equal(track(cfg, weight), configured)
+        assert np.linalg.norm(configured[:3, 3] - f3.pose[:3, 3]) < 0.5 * np.linalg.norm(f3.pose[:3, 3] - f0.pose[:3, 3])
+    assert not np.array_equal(track(cfg, 0.0), track(cfg, 0.5))  # the weight reaches the solve
+
+
 def test_tracking_of_an_unrelated_image_is_lost(small_sequence) -> None:
     seq = small_sequence
     cfg = apply_flat(PosegsConfig(), {"blur.enabled": False, "mapping.gaussian_iters": 10, "mapping.pose_iters": 0,
