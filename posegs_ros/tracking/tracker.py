@@ -398,14 +398,15 @@ class Tracker:
         intrinsics: Intrinsics,
         pose_pred: np.ndarray,
         exclude: np.ndarray | None,
-        scale: float = 1.0,
-        photometric_weight: float | None = None,
+        scale: float,
+        photometric_weight: float,
     ) -> tuple[PoseSolveResult | None, np.ndarray, float]:
         """Solve the pose from flowed samples of the render (``ref_gray`` ``[H, W]`` uint8, its
         ``depth`` and ``alpha``); also returns the normalized cross-correlation of rendered and
         observed intensities at the flow correspondences (near 0 when the observation does not
         show the map, whatever the flow says). ``scale``: the images' size relative to the
-        camera's (pixel thresholds and the sample stride follow it)."""
+        camera's (pixel thresholds and the sample stride follow it); ``photometric_weight``: the
+        direct term's weight, as :meth:`track` resolved it."""
         t = self.cfg.tracking
         h, w = depth.shape
         s = max(1, round(t.sample_stride * scale))
@@ -429,8 +430,7 @@ class Tracker:
         photometric = None
         if obs.gradients is not None:
             gu, gv = obs.gradients
-            weight = t.photometric_weight if photometric_weight is None else photometric_weight
-            photometric = PhotometricTerm(points, ref, obs.intensity, gu, gv, weight)
+            photometric = PhotometricTerm(points, ref, obs.intensity, gu, gv, photometric_weight)
         result = solve_pose(
             points, targets, k, pose_pred, huber_px=t.huber_px * scale, iterations=t.gn_iterations,
             photometric=photometric, image_size=(w, h),
