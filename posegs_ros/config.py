@@ -72,6 +72,12 @@ class InitConfig:
         "leaves the first map's depth bent, and the poses tracked against it drift in rotation")
     min_inliers: int = _f(300, "essential-matrix inliers needed to accept an initialization")
     max_frames: int = _f(30, "frames to wait for parallax before re-selecting the first init frame")
+    sharpness_ratio: float = _f(
+        0.8, "a frame is one of the two initialization frames only if its sharpness (grey-level gradient energy) is "
+        "at least this fraction of the sharpest among the last init.sharpness_window frames: motion blur biases the "
+        "two-view flow, rotation and depth, which every later pose inherits (0 = any frame)")
+    sharpness_window: int = _f(8, "frames compared by init.sharpness_ratio; also how long after the first "
+                               "initialization frame a clearly sharper one (by 1 / sharpness_ratio) replaces it")
     backfill_frames: int = _f(300, "frames that left the initialization buffer and are posed once the map exists "
                               "(tracked backward from the first keyframe); older ones stay without a pose, counted "
                               "(bounds the images held while waiting)")
@@ -81,6 +87,11 @@ class InitConfig:
     moving_region_px: int = _f(
         150, "smallest region of either initialization frame whose flow no static scene explains (forward-backward "
         "inconsistent, or off its epipolar line) that is left out of the first keyframes' loss as moving (0 = off)")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.sharpness_ratio <= 1.0 or self.sharpness_window < 1:
+            raise ConfigError(f"init: need 0 <= sharpness_ratio <= 1 and sharpness_window >= 1, got "
+                              f"{self.sharpness_ratio}, {self.sharpness_window}")
 
 
 @dataclass

@@ -49,7 +49,7 @@ from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe
 from .scene.snapshot import MapEdit, MapSnapshot, MapStore
 from .tracking.calibration import FocalEstimate, estimate_focal_scale, track_points
 from .tracking.flow import DenseFlow
-from .tracking.initialization import TwoViewResult, grid_samples, try_two_view
+from .tracking.initialization import TwoViewResult, grid_samples, image_sharpness, sharp_enough, try_two_view
 from .tracking.tracker import (
     Tracker, TrackingResolution, TrackingResult, initial_twist, interpolate_pose, predict_constant_velocity, twist_units,
 )
@@ -191,6 +191,7 @@ class EngineCounters:
     groups_merged: int = 0
     passes_cut: int = 0  # live camera: frames whose extra tracking pass was left out to keep up (tracking.frame_budget)
     focal_restarts: int = 0  # the map restarted with a self-calibrated focal length (calibration.focal = auto)
+    blurred_init_frames: int = 0  # not tried as an initialization frame: motion-blurred (init.sharpness_ratio)
 
 
 def camera_period(steps: Iterable[float]) -> float | None:
@@ -303,6 +304,8 @@ class Reconstructor:
         self.initialized = False
         self._init_buffer: list[tuple[Frame, int]] = []  # (frame, record index)
         self._preinit: deque[tuple[Frame, int]] = deque()  # frames that left the buffer, posed after initialization
+        self._sharpness: dict[int, float] = {}  # record index -> image_sharpness of frames waiting to initialize
+        self._recent_sharpness: deque[float] = deque(maxlen=cfg.init.sharpness_window)
         self._history: list[_FrameRecord] = []  # the last tracked frames (constant-velocity prediction)
         self._lost_run = 0
         self._intrinsics: Intrinsics | None = None  # the map's camera (after focal calibration)
@@ -568,21 +571,36 @@ class Reconstructor:
         record.image = frame.image if self.keep_frames else None
         self._records.append(record)
         self._init_buffer.append((frame, len(self._records) - 1))
+        sharpness = self._frame_sharpness(frame, len(self._records) - 1)
         if len(self._init_buffer) < 2:
             return self._result(frame, record, timings)
-        first = self._init_buffer[0][0]
-        t0 = time.perf_counter()
-        two_view, reason = try_two_view(first.image, frame.image, first.intrinsics.numpy(), self.config.init, self.flow)
-        timings.flow = time.perf_counter() - t0
+        ic = self.config.init
+        first, first_rec = self._init_buffer[0]
+        if len(self._init_buffer) <= ic.sharpness_window and ic.sharpness_ratio * sharpness > self._sharpness[first_rec]:
+            # soon after a motion-blurred first frame, a clearly sharper one: it becomes the first
+            log.debug("initialization: frame %d is sharper than frame %d: it becomes the first frame",
+                      frame.index, first.index)
+            while len(self._init_buffer) > 1:
+                self._leave_init_buffer()
+            return self._result(frame, record, timings)
+        two_view: TwoViewResult | None = None
+        if not sharp_enough(sharpness, list(self._recent_sharpness), ic.sharpness_ratio):
+            self.counters.blurred_init_frames += 1
+            reason = "motion-blurred (init.sharpness_ratio)"
+        else:
+            t0 = time.perf_counter()
+            two_view, reason = try_two_view(first.image, frame.image, first.intrinsics.numpy(), ic, self.flow)
+            timings.flow = time.perf_counter() - t0
         if two_view is None:
             log.debug("frame %d: no initialization yet (%s)", frame.index, reason)
-            if len(self._init_buffer) > self.config.init.max_frames:
-                self._preinit.append(self._init_buffer.pop(0))  # posed backward once the map exists
-                if len(self._preinit) > self.config.init.backfill_frames:
-                    _, dropped = self._preinit.popleft()
-                    self.counters.unposed_frames += 1
-                    log.info("initialization: frame %d will get no pose (init.backfill_frames = %d waiting)",
-                             self._records[dropped].index, self.config.init.backfill_frames)
+            if len(self._init_buffer) > ic.max_frames:
+                self._leave_init_buffer()
+                # nor is the next first frame a motion-blurred one (next to the frames that follow it)
+                while len(self._init_buffer) > 1 and not sharp_enough(
+                        self._sharpness[self._init_buffer[0][1]],
+                        [self._sharpness[rec] for _, rec in self._init_buffer[: ic.sharpness_window]],
+                        ic.sharpness_ratio):
+                    self._leave_init_buffer()
             return self._result(frame, record, timings)
         t0 = time.perf_counter()
         self._build_initial_map(two_view)
@@ -596,7 +614,28 @@ class Reconstructor:
         timings.tracking = time.perf_counter() - t0
         self._init_buffer = []
         self._preinit = deque()
+        self._sharpness.clear()
         return self._result(frame, record, timings)
+
+    def _frame_sharpness(self, frame: Frame, rec_index: int) -> float:
+        """:func:`image_sharpness` of a frame waiting to initialize (kept while it waits; also
+        among the recent ones :func:`sharp_enough` compares with)."""
+        value = image_sharpness(frame.image)
+        self._sharpness[rec_index] = value
+        self._recent_sharpness.append(value)
+        return value
+
+    def _leave_init_buffer(self) -> None:
+        """The first waiting frame leaves the initialization buffer: posed backward from the first
+        keyframe once the map exists, or -- beyond ``init.backfill_frames`` -- never (counted)."""
+        item = self._init_buffer.pop(0)
+        self._sharpness.pop(item[1], None)
+        self._preinit.append(item)
+        if len(self._preinit) > self.config.init.backfill_frames:
+            _, dropped = self._preinit.popleft()
+            self.counters.unposed_frames += 1
+            log.info("initialization: frame %d will get no pose (init.backfill_frames = %d waiting)",
+                     self._records[dropped].index, self.config.init.backfill_frames)
 
     def _build_initial_map(self, two_view: TwoViewResult) -> None:
         cfg = self.config
@@ -897,6 +936,7 @@ class Reconstructor:
         self._map_index += 1  # this frame's record keeps the old map's prediction until the new map poses it
         self._new_map()
         self._init_buffer = [(frame, len(self._records) - 1)]
+        self._frame_sharpness(frame, len(self._records) - 1)
 
     # -------------------------------------------------------------- mapping
     def _make_keyframe(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -245,6 +246,31 @@ def test_frames_that_left_the_initialization_buffer_are_posed_backward(small_seq
     # a constant-velocity walk without tracking would be 1..6 steps away; tracking holds them still
     # (within this tiny configuration's tracking noise of about one step)
     assert max(away) < 2.5 and away[0] < 3.0, away
+
+
+def test_initialization_takes_sharp_frames_not_motion_blurred_ones(small_sequence, fast_config) -> None:
+    """Every even frame smeared along x by 9 px (a fast pan): the sharper frame 1 replaces frame
+    0 as the first initialization frame, smeared frames are not tried as the second, and every
+    frame, the smeared ones included, still gets a pose. With init.sharpness_ratio 0 frame 0
+    initializes as before."""
+    seq = small_sequence
+    frames = [Frame(cv2.blur(f.blurred, (9, 1)) if f.index % 2 == 0 else f.blurred, f.stamp, seq.intrinsics, f.index)
+              for f in seq.frames]
+    def run_frames(cfg):  # noqa: ANN001, ANN202
+        engine = Reconstructor(cfg)
+        for frame in frames:
+            engine.process(frame)
+        return engine
+
+    engine = run_frames(fast_config)
+    first, second = sorted(p.index for p in engine.trajectory() if p.is_keyframe)[:2]
+    assert first == 1 and second % 2 == 1, (first, second)
+    assert engine.counters.blurred_init_frames > 0
+    assert [p.index for p in engine.trajectory()] == list(range(len(frames)))
+    off = dataclasses.replace(fast_config, init=dataclasses.replace(fast_config.init, sharpness_ratio=0.0))
+    engine = run_frames(off)
+    assert min(p.index for p in engine.trajectory() if p.is_keyframe) == 0
+    assert engine.counters.blurred_init_frames == 0
 
 
 def test_backfill_cap_counts_the_frames_left_without_pose(small_sequence, fast_config) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from posegs_ros.config import InitConfig
 from posegs_ros.tracking.flow import DenseFlow
-from posegs_ros.tracking.initialization import triangulate, try_two_view
+from posegs_ros.tracking.initialization import image_sharpness, sharp_enough, triangulate, try_two_view
 
 
 def rotation_angle_deg(r: np.ndarray) -> float:
@@ -80,3 +81,24 @@ def test_two_view_leaves_a_moving_box_out_and_flags_nothing_when_static(small_se
     off, _ = try_two_view(first.blurred, second.blurred, seq.intrinsics.numpy(),
                           InitConfig(min_parallax_px=2.0, min_inliers=150, moving_region_px=0), DenseFlow())
     assert off is not None and off.moving_second is None  # 0 turns it off
+
+
+def test_sharpness_falls_with_the_motion_blur_of_a_frame(small_sequence) -> None:
+    frames = small_sequence.frames
+    assert all(image_sharpness(f.sharp) > image_sharpness(f.blurred) for f in frames)
+    sharpness = np.log([image_sharpness(f.blurred) for f in frames])
+    blur = np.log([f.blur_px for f in frames])
+    assert np.corrcoef(sharpness, blur)[0, 1] < -0.7  # the blurrier the frame, the less sharp (-0.85 here)
+    image = frames[0].blurred
+    darker = (image * 0.6).astype(np.uint8)  # an exposure gain does not read as blur
+    assert image_sharpness(darker) == pytest.approx(image_sharpness(image), rel=0.03)
+    grey = image[..., 1]
+    assert image_sharpness(grey) > 0 and image_sharpness(np.full_like(grey, 128)) == 0.0
+    assert image_sharpness(np.zeros_like(grey)) == 0.0
+
+
+def test_sharp_enough_compares_with_the_sharpest_nearby_frame() -> None:
+    assert sharp_enough(80.0, [100.0, 50.0, 80.0], 0.8)
+    assert not sharp_enough(79.0, [100.0, 79.0], 0.8)
+    assert sharp_enough(1.0, [100.0], 0.0)  # ratio 0: any frame
+    assert sharp_enough(5.0, [], 0.8)
