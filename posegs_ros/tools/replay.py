@@ -209,7 +209,10 @@ def replay(
     force: bool = False,
     progress: bool = True,
 ) -> ReplayResult:
-    """Replay ``bag_path`` through the engine and write the outputs to ``out`` (see module doc)."""
+    """Replay ``bag_path`` through the engine and write the outputs to ``out`` (see module doc).
+    A ``gt`` file that does not exist is refused before the replay (:class:`ReplayError`)."""
+    if gt is not None and not Path(gt).is_file():
+        raise ReplayError(f"ground truth {gt}: no such file")
     import numpy as np
     from tqdm import tqdm
 

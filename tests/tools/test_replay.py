@@ -108,6 +108,9 @@ def test_a_missing_ground_truth_file_is_refused_before_the_replay(synthetic_bag,
     out = tmp_path / "o"
     assert main(["replay", str(synthetic_bag), "--out", str(out), "--gt", str(tmp_path / "gt.tum"), "--quiet"]) == 2
     assert "--gt" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(ReplayError, match="no such file"):  # the library call too, before any frame
+        replay(synthetic_bag, out, None, gt=tmp_path / "gt.tum")
+    assert not out.exists()
 
 
 def test_bag_too_short_to_initialize_is_reported_not_a_traceback(synthetic_bag, tmp_path, capsys) -> None:
