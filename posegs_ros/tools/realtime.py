@@ -135,10 +135,11 @@ def replay_realtime(
     from ..ros.params import NodeSettings
     from ..ros.worker import ReconstructionWorker
     from ..warmup import warm_up
-    from .replay import ReplayError, ReplayResult, _commit_out, _evaluate, _prepare_out
+    from .replay import ReplayError, ReplayResult, _commit_out, _evaluate, _prepare_out, require_gt
 
     if not rate > 0:
         raise ReplayError(f"--rate must be > 0, got {rate}")
+    require_gt(gt)
     with BagReader(bag_path) as bag:
         topics = bag.topics
         topic, compressed = image_topic, False

@@ -196,6 +196,13 @@ def _commit_out(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
+def require_gt(gt: Path | None) -> None:
+    """Refuse a ground-truth file that does not exist (:class:`ReplayError`), before a replay
+    rather than in its evaluation, after every frame."""
+    if gt is not None and not Path(gt).is_file():
+        raise ReplayError(f"ground truth {gt}: no such file")
+
+
 def replay(
     bag_path: Path,
     out: Path,
@@ -210,9 +217,8 @@ def replay(
     progress: bool = True,
 ) -> ReplayResult:
     """Replay ``bag_path`` through the engine and write the outputs to ``out`` (see module doc).
-    A ``gt`` file that does not exist is refused before the replay (:class:`ReplayError`)."""
-    if gt is not None and not Path(gt).is_file():
-        raise ReplayError(f"ground truth {gt}: no such file")
+    A ``gt`` file that does not exist is refused before the replay (:func:`require_gt`)."""
+    require_gt(gt)
     import numpy as np
     from tqdm import tqdm
 

@@ -57,3 +57,10 @@ def test_realtime_replay_refuses_a_bad_rate(synthetic_bag, fast_config, tmp_path
     with pytest.raises(ReplayError, match="rate"):
         replay_realtime(synthetic_bag, tmp_path / "x", fast_config, rate=0.0, warm=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_realtime_replay_refuses_a_missing_ground_truth_file_before_playing(synthetic_bag, fast_config,
+                                                                            tmp_path) -> None:
+    with pytest.raises(ReplayError, match="no such file"):
+        replay_realtime(synthetic_bag, tmp_path / "x", fast_config, gt=tmp_path / "gt.tum", warm=False)
+    assert not (tmp_path / "x").exists()
