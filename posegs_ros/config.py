@@ -105,7 +105,15 @@ class TrackingConfig:
         0.0, "Gaussian blur (sigma, pixels at full size) of both images before dense flow: DIS matches at half "
         "resolution, where 1-3 px texture aliases, and the sharp render lacks the detail the blurred frame smears; "
         "1 for fine, high-contrast texture (posters, gravel, text: far better poses there), 0 = off (real "
-        "7-Scenes frames track slightly worse with it)")
+        "7-Scenes frames track slightly worse with it); the least smoothing, tracking.flow_blur_match adds what "
+        "a motion-blurred frame needs")
+    flow_blur_match: float = _f(
+        1.5, "pre-smoothing that follows the frame's blur: both images are blurred before dense flow by this "
+        "factor x the Gaussian sigma that makes the render as unsharp as the frame (measured once per frame over "
+        "the pixels the map covers; tracking.flow_presmooth_px is the least): a motion-blurred frame's flow and "
+        "pose stay accurate, a sharp frame is not smoothed (0 = off)")
+    flow_blur_match_max_px: float = _f(3.0, "most pre-smoothing tracking.flow_blur_match may ask for (sigma, pixels "
+                                       "at full size)")
     flow_passes: int = _f(2, "at most this many render -> flow -> Gauss-Newton passes per frame (each starts from "
                           "the previous pose)")
     repass_px: float = _f(8.0, "another pass only when the median flow of the previous one exceeded this (pixels): "
@@ -146,6 +154,11 @@ class TrackingConfig:
     max_lost_frames: int = _f(10, "consecutive lost frames (relocalization failing) before re-initializing")
     max_gap_s: float = _f(0.5, "after a gap this long since the last tracked frame the motion is not extrapolated; "
                           "if tracking from the last pose and relocalization fail, the map is re-initialized")
+
+    def __post_init__(self) -> None:
+        if not (self.flow_blur_match >= 0 and self.flow_blur_match_max_px >= 0):
+            raise ConfigError(f"tracking: need flow_blur_match >= 0 and flow_blur_match_max_px >= 0, got "
+                              f"{self.flow_blur_match}, {self.flow_blur_match_max_px}")
 
 
 @dataclass

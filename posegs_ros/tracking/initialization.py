@@ -15,7 +15,7 @@ from scipy.interpolate import griddata
 
 from ..config import InitConfig
 from ..geometry import hat
-from .flow import DenseFlow, flow_consistency, texture_mask, textured_regions
+from .flow import DenseFlow, flow_consistency, image_sharpness, texture_mask, textured_regions
 
 __all__ = ["TwoViewResult", "try_two_view", "triangulate", "grid_samples", "unexplained_motion", "image_sharpness",
            "sharp_enough"]
@@ -34,22 +34,6 @@ class TwoViewResult:
     median_angle_deg: float
     moving_first: np.ndarray | None = None  # [H, W] bool: regions of the first frame no static scene explains
     moving_second: np.ndarray | None = None  # [H, W] bool: the same in the second frame
-
-
-def image_sharpness(image: np.ndarray) -> float:
-    """Mean squared grey-level gradient of ``image`` ``[H, W, 3]`` or ``[H, W]`` (uint8) after a
-    1-pixel Gaussian (sensor noise and JPEG blocks weigh little), over the squared mean grey level
-    (an exposure gain does not change it). Motion blur lowers it (a streak of L pixels by about
-    1 / L along the streak); it also depends on what the frame shows, so only nearby frames of one
-    camera are compared (:func:`sharp_enough`). 0 for a black image."""
-    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    grey = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), 1.0)
-    mean = float(grey.mean())
-    if mean <= 0.0:
-        return 0.0
-    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    return float(np.mean(gx * gx + gy * gy)) / (mean * mean)
 
 
 def sharp_enough(sharpness: float, nearby: list[float], ratio: float) -> bool:

@@ -28,7 +28,7 @@ from ..scene.blur import (
 )
 from ..camera import Intrinsics
 from ..config import PosegsConfig
-from .flow import DenseFlow, bilinear_sample, image_gradients, robust_flow_threshold, to_gray
+from .flow import DenseFlow, bilinear_sample, image_gradients, matching_blur_sigma, robust_flow_threshold, to_gray
 from ..geometry import se3_exp
 from . import _pose_kernels
 from .pose_solver import PhotometricTerm, PoseSolveResult, project_points, solve_pose
@@ -91,6 +91,7 @@ class TrackingResult:
     passes: int = 0  # render -> flow -> solve passes run
     passes_cut: bool = False  # another pass was wanted but would have run past the deadline
     gain: float = 1.0  # the frame's brightness over the render's (match_brightness): frame ~ gain * render
+    flow_sigma: float = 0.0  # pre-smoothing of the flow (sigma, pixels at full size; tracking.flow_blur_match)
 
     @property
     def exposure(self) -> np.ndarray:
@@ -300,6 +301,7 @@ class Tracker:
         passes = 0
         cut = False
         pass_seconds = 0.0
+        flow_sigma: float | None = None
         for _ in range(max(t.flow_passes, 1)):
             if passes and deadline is not None and time.perf_counter() + pass_seconds > deadline:
                 cut = True  # keep up with the camera: the next frame matters more than a finer pose of this one
@@ -325,7 +327,9 @@ class Tracker:
                     covered &= ~exclude
                 ref_gray, gain = match_brightness(ref_gray, obs_gray, covered)
             t0 = time.perf_counter()
-            flow = self._flow_at(scale)(ref_gray, obs_gray)
+            if flow_sigma is None:  # once per frame, at the prediction: how much blurrier the frame is than the map
+                flow_sigma = self._flow_sigma(ref_gray, obs_gray, alpha > COVERED_ALPHA, scale)
+            flow = self._flow_at(scale)(ref_gray, obs_gray, flow_sigma)
             timings["flow"] += time.perf_counter() - t0
             if first is None:
                 first = (out, float((alpha > COVERED_ALPHA).mean()), flow)
@@ -386,7 +390,22 @@ class Tracker:
             passes=passes,
             passes_cut=cut,
             gain=gain,
+            flow_sigma=0.0 if flow_sigma is None else flow_sigma / scale,
         )
+
+    def _flow_sigma(self, render_gray: np.ndarray, obs_gray: np.ndarray, covered: np.ndarray, scale: float) -> float:
+        """Pre-smoothing (sigma, pixels of these ``[H, W]`` images) of the flow from the render to
+        the frame: ``tracking.flow_blur_match`` x the blur that makes the render (over ``covered``
+        ``[H, W]`` bool) as unsharp as the frame, capped, at least ``tracking.flow_presmooth_px``.
+        DIS matches a sharp render against a motion-blurred frame poorly (detail on one side only);
+        smoothing both in proportion to the frame's blur keeps the flow, and the pose, accurate
+        (README, "Blur-matched flow")."""
+        t = self.cfg.tracking
+        base = t.flow_presmooth_px * scale
+        if t.flow_blur_match <= 0 or covered.mean() < 0.05:  # too little of the map in view to compare
+            return base
+        matched = t.flow_blur_match * matching_blur_sigma(render_gray, obs_gray, covered)
+        return max(base, min(matched, t.flow_blur_match_max_px * scale))
 
     def _gauss_newton(
         self,

@@ -241,3 +241,32 @@ def test_tracking_resolution_drops_when_frames_take_too_long_and_climbs_back() -
     assert frames_until_change(0.015) == 10 and res.scale == 0.75  # ... and the next climb waits twice as long
     assert frames_until_change(0.025) == 0  # within the budget, no headroom: stays
     assert res.changes == 5
+
+
+def test_the_flow_is_smoothed_as_much_as_the_frame_is_blurrier_than_the_map(small_sequence) -> None:
+    """tracking.flow_blur_match: a frame smeared along its motion is matched with both images
+    smoothed in proportion to the smear, a sharp one is not; 0 turns it off, flow_presmooth_px
+    stays the least. (That the smoothing makes the flow more accurate: test_tracking_flow.py.)"""
+    import cv2
+
+    seq = small_sequence
+    base = {"blur.enabled": False, "mapping.gaussian_iters": 40, "mapping.pose_iters": 0, "mapping.joint_iters": 0,
+            "tracking.refine_steps": 0, "tracking.repass_px": 0.0}
+    cfg = apply_flat(PosegsConfig(), base)
+    gmap, mapper = map_from_ground_truth(seq, cfg)
+    f0, f2 = seq.frames[0], seq.frames[2]
+
+    def track(config: PosegsConfig, streak: int):
+        image = cv2.filter2D(f2.sharp, -1, np.full((1, streak), 1 / streak, np.float32))
+        res = Tracker(config, DenseFlow.from_config(config.tracking)).track(
+            image, None, seq.intrinsics, f0.pose.copy(), np.zeros(6), scene_tensors(gmap, True),
+            RenderSettings(seq.intrinsics.width, seq.intrinsics.height), refine=False, scene_scale=mapper.scene_scale)
+        assert not res.lost
+        rot_err = np.degrees(np.arccos(np.clip((np.trace(res.pose[:3, :3].T @ f2.pose[:3, :3]) - 1) / 2, -1, 1)))
+        assert rot_err < 0.4, (streak, rot_err)
+        return res.flow_sigma
+
+    sigmas = [track(cfg, streak) for streak in (1, 3, 7)]
+    assert sigmas[0] < 0.3 < sigmas[1] < sigmas[2] <= cfg.tracking.flow_blur_match_max_px, sigmas
+    assert track(apply_flat(PosegsConfig(), {**base, "tracking.flow_blur_match": 0.0}), 7) == 0.0
+    assert track(apply_flat(PosegsConfig(), {**base, "tracking.flow_presmooth_px": 2.5}), 1) == 2.5
