@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from ..config import TrackingConfig
 
 __all__ = [
-    "DenseFlow", "to_gray", "image_sharpness", "matching_blur_sigma", "texture_mask", "textured_regions", "robust_flow_threshold", "flow_consistency",
-    "bilinear_sample", "image_gradients",
+    "DenseFlow", "to_gray", "image_sharpness", "matching_blur_sigma", "texture_mask", "textured_regions",
+    "robust_flow_threshold", "flow_consistency", "bilinear_sample", "image_gradients",
 ]
 
 # Magnitudes of 2D residuals with i.i.d. N(0, s^2) components are Rayleigh(s): median = 1.1774 s.
