@@ -42,12 +42,16 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _mean(values: np.ndarray, mask: np.ndarray | None) -> float:
+    """Mean of ``values`` ``[H, W]`` over ``mask`` ``[H, W]`` bool (all if None)."""
+    return float(values.mean() if mask is None else values[mask].mean())
+
+
 def _gradient_energy(grey: np.ndarray, mask: np.ndarray | None) -> float:
     """Mean squared Sobel gradient of float ``grey`` ``[H, W]`` over ``mask`` ``[H, W]`` bool (all if None)."""
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    energy = gx * gx + gy * gy
-    return float(energy.mean() if mask is None else energy[mask].mean())
+    return _mean(gx * gx + gy * gy, mask)
 
 
 def _smoothed_grey(image: np.ndarray) -> np.ndarray:
@@ -65,7 +69,7 @@ def image_sharpness(image: np.ndarray, mask: np.ndarray | None = None) -> float:
     if mask is not None and not mask.any():
         return 0.0
     grey = _smoothed_grey(image)
-    mean = float(grey.mean() if mask is None else grey[mask].mean())
+    mean = _mean(grey, mask)
     if mean <= 0.0:
         return 0.0
     return _gradient_energy(grey, mask) / (mean * mean)
@@ -85,7 +89,7 @@ def matching_blur_sigma(sharp: np.ndarray, blurred: np.ndarray, mask: np.ndarray
         return 0.0
     target = image_sharpness(blurred, mask)
     grey = _smoothed_grey(sharp)
-    mean = float(grey.mean() if mask is None else grey[mask].mean())
+    mean = _mean(grey, mask)
     if mean <= 0.0:
         return 0.0
     previous_sigma, previous = 0.0, _gradient_energy(grey, mask) / (mean * mean)

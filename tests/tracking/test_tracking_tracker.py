@@ -15,6 +15,11 @@ from posegs_ros.mapping.mapper import Mapper, scene_tensors
 from posegs_ros.tracking.tracker import Tracker, initial_twist, predict_constant_velocity, twist_units
 
 
+def rotation_error_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle (degrees) between the rotations of poses ``a`` and ``b`` ``[4, 4]``."""
+    return float(np.degrees(np.arccos(np.clip((np.trace(a[:3, :3].T @ b[:3, :3]) - 1) / 2, -1, 1))))
+
+
 def map_from_ground_truth(seq, cfg):
     """A map seeded from frame 0's GT depth and fitted to its sharp image for a few steps."""
     f0 = seq.frames[0]
@@ -50,8 +55,8 @@ def test_tracks_known_small_motion(small_sequence, render_scale: float) -> None:
     moved = np.linalg.norm(f3.pose[:3, 3] - f0.pose[:3, 3])
     err = np.linalg.norm(res.pose[:3, 3] - f3.pose[:3, 3])
     assert moved > 0.02 and err < 0.5 * moved, (err, moved)
-    rot_err = np.degrees(np.arccos(np.clip((np.trace(res.pose[:3, :3].T @ f3.pose[:3, :3]) - 1) / 2, -1, 1)))
-    rot_moved = np.degrees(np.arccos(np.clip((np.trace(f0.pose[:3, :3].T @ f3.pose[:3, :3]) - 1) / 2, -1, 1)))
+    rot_err = rotation_error_deg(res.pose, f3.pose)
+    rot_moved = rotation_error_deg(f0.pose, f3.pose)
     assert rot_err < 0.5 * rot_moved + 0.05
     assert 0.9 < res.coverage <= 1.0
     assert res.render.rgb.shape[1:3] == (round(seq.intrinsics.height * render_scale), round(seq.intrinsics.width * render_scale))
@@ -262,7 +267,7 @@ def test_the_flow_is_smoothed_as_much_as_the_frame_is_blurrier_than_the_map(smal
             image, None, seq.intrinsics, f0.pose.copy(), np.zeros(6), scene_tensors(gmap, True),
             RenderSettings(seq.intrinsics.width, seq.intrinsics.height), refine=False, scene_scale=mapper.scene_scale)
         assert not res.lost
-        rot_err = np.degrees(np.arccos(np.clip((np.trace(res.pose[:3, :3].T @ f2.pose[:3, :3]) - 1) / 2, -1, 1)))
+        rot_err = rotation_error_deg(res.pose, f2.pose)
         assert rot_err < 0.4, (streak, rot_err)
         return res.flow_sigma
 
