@@ -254,12 +254,19 @@ class BlurConfig:
     subframe_spacing_px: float = _f(2.0, "automatic sub-frames: the largest gap (pixels) between sub-frame renders along "
                                     "the blur streak (a sparser sampling leaves ghosts)")
     max_subframes: int = _f(9, "automatic sub-frames: at most this many per frame (the cost of a mapping step grows with it)")
-    exposure_ratio: float = _f(0.5, "initial guess of exposure time / frame interval (seeds the exposure twist)")
+    exposure_ratio: float = _f(0.5, "exposure time / frame interval (seeds the exposure twists): the guess until "
+                               "exposure_pairs measure it, for good with exposure_pairs 0")
+    exposure_pairs: int = _f(40, "pairs of consecutive tracked frames whose blur measures the exposure time (each "
+                             "frame smeared along the other's motion must match the other smeared along its own); "
+                             "0 = keep exposure_ratio")
     live_output: str = _f("fused", "deblurred image of a live frame (node ~/deblurred, --realtime): render = the map's "
                           "sharp render | fused = render + what the map does not explain of the frame, R + (I - B(R)) "
                           "(never worse than the camera where the map is young or empty)")
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.exposure_ratio <= 1.0 or self.exposure_pairs < 0:
+            raise ConfigError(f"blur: need 0 <= exposure_ratio <= 1 and exposure_pairs >= 0, got "
+                              f"{self.exposure_ratio}, {self.exposure_pairs}")
         if self.subframes < 0 or self.max_subframes < 1 or not self.subframe_spacing_px > 0:
             raise ConfigError(f"blur: need subframes >= 0 (0 = automatic), max_subframes >= 1 and "
                               f"subframe_spacing_px > 0, got {self.subframes}, {self.max_subframes}, "

@@ -45,8 +45,9 @@ from .render._threads import set_thread_budget
 from .scene.blur import RenderSettings, SceneTensors, exposure_subframes, move_groups, render_views
 from .scene.deblur import fuse_deblurred
 from .scene.gaussians import sh0_to_rgb, write_ply
-from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe
+from .scene.keyframes import Keyframe, KeyframeDecision, decide_keyframe, scale_twists
 from .scene.snapshot import MapEdit, MapSnapshot, MapStore
+from .tracking.exposure import ExposureRatioEstimator, exposure_gray, visible_points
 from .tracking.calibration import FocalEstimate, estimate_focal_scale, track_points
 from .tracking.flow import DenseFlow
 from .tracking.initialization import TwoViewResult, grid_samples, image_sharpness, sharp_enough, try_two_view
@@ -263,6 +264,10 @@ class Reconstructor:
         adaptive = concurrent and t.refine_steps == 0  # the blur-aware refinement needs full resolution
         self.resolution = TrackingResolution(t.render_scale, t.live_min_scale if adaptive else t.render_scale)
         self._calibration_thread: threading.Thread | None = None  # concurrent: the latest focal estimate's
+        b = self.config.blur
+        # the camera's exposure time / frame period, measured from consecutive frames' blur (kept across maps)
+        self.exposure = ExposureRatioEstimator(b.exposure_ratio, max_pairs=b.exposure_pairs)
+        self._exposure_ratio = b.exposure_ratio  # the ratio the exposure twists so far were made with
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -317,6 +322,7 @@ class Reconstructor:
         self._stamp_period: float | None = None  # camera_period of them: exposure time, live frame budget
         self._late_poses: deque[tuple[int, np.ndarray, np.ndarray, bool]] = deque()  # (record, pose, twist, lost)
         self.motion = MotionGroups(cfg, self.flow) if cfg.dynamic.enabled else None
+        self.exposure.restart_chain()
 
     @property
     def num_gaussians(self) -> int:
@@ -331,6 +337,11 @@ class Reconstructor:
     def mapping_backlog(self) -> int:
         """Keyframes handed to mapping that it has not integrated yet."""
         return self.backend.backlog if self.backend is not None else 0
+
+    @property
+    def exposure_ratio(self) -> float:
+        """Exposure time / frame period the exposure twists are made with (measured, or ``blur.exposure_ratio``)."""
+        return self._exposure_ratio
 
     def stats(self) -> dict[str, float]:
         """Tracking counters and the mapping back end's counters, one flat dict."""
@@ -645,7 +656,7 @@ class Reconstructor:
         pose_b = two_view.pose_second
         dt = max(second.stamp - first.stamp, 1e-6)
         frame_dt = dt / max(len(self._init_buffer) - 1, 1)
-        ratio = cfg.blur.exposure_ratio * frame_dt / dt
+        ratio = self._exposure_ratio * frame_dt / dt
         twist = initial_twist(np.eye(4), pose_b, ratio)
         kf0 = self._make_keyframe(first, np.eye(4), twist, fixed=True)
         kf1 = self._make_keyframe(second, pose_b, twist)
@@ -758,7 +769,7 @@ class Reconstructor:
         exposure ratio times the camera's frame period), mapping refines it for keyframes."""
         dt = max(stamp - stamp_prev, 1e-9)
         period = min(self._stamp_period or dt, dt)
-        return initial_twist(pose_prev, pose, self.config.blur.exposure_ratio * period / dt)
+        return initial_twist(pose_prev, pose, self._exposure_ratio * period / dt)
 
     def _live_subframes(self, twist: np.ndarray, intrinsics: Intrinsics) -> int:
         """Sub-frames of a live frame's blur (``blur.subframes``, or from its twist's blur length)."""
@@ -801,6 +812,7 @@ class Reconstructor:
         """Track ``frame`` against the map; ``deadline``: see :meth:`Tracker.track`."""
         cfg = self.config
         timings = StageTimings()
+        self._use_exposure_estimate()
         snap = self._snapshot()
         history = [(rec.stamp, self._final_pose(rec, snap)) for rec in self._history]
         last_stamp, last_pose = history[-1]
@@ -840,6 +852,8 @@ class Reconstructor:
         self._records.append(record)
         if self.motion is not None and state is not TrackingState.LOST:
             self._observe_motion(frame, res, record)
+        if state is TrackingState.TRACKING:
+            self._observe_exposure(frame, res)
         if state is TrackingState.LOST:
             log.warning("frame %d: tracking lost (%s)", frame.index, res.reason)
             self._store_pose(record, res.pose, state, self._nearest_keyframe(frame.stamp))
@@ -864,6 +878,46 @@ class Reconstructor:
         self._history = (self._history + [record])[-3:]
         return self._result(frame, record, timings, res.inlier_ratio)
 
+    def _observe_exposure(self, frame: Frame, res: TrackingResult) -> None:
+        """Hand a tracked frame to the exposure-time estimate (``blur.exposure_pairs``); a pair of
+        frames it completes is compared on the mapping thread (concurrent) or now."""
+        est = self.exposure
+        if est.max_pairs <= 0 or not self.config.blur.enabled or est.done or self.backend is None:
+            return
+        depth, alpha = res.render.depth[0, ..., 0], res.render.alpha[0, ..., 0]
+        exclude = self.motion.exclusion_mask() if self.motion is not None else None
+        if exclude is not None and exclude.shape != tuple(depth.shape):
+            exclude = cv2.resize(exclude.astype(np.uint8), (depth.shape[1], depth.shape[0]),
+                                 interpolation=cv2.INTER_NEAREST).astype(bool)
+        points = visible_points(depth, alpha, res.render_pose, frame.intrinsics, exclude)
+        period = self._stamp_period or max(frame.stamp - self._history[-1].stamp, 1e-3)
+        pair = est.push(frame.stamp, res.pose, exposure_gray(frame.image), points, period)
+        if pair is None:
+            return
+        intrinsics = frame.intrinsics
+        if self.backend.concurrent and self.backend.running:
+            self.backend.submit(lambda: est.add(pair, intrinsics))
+        else:
+            est.add(pair, intrinsics)
+
+    def _use_exposure_estimate(self) -> None:
+        """Switch to the measured exposure ratio once it is known and whenever it moves by 0.05:
+        the exposure twists made so far (frames, keyframes, motion groups) are rescaled to it."""
+        new, old = self.exposure.ratio, self._exposure_ratio
+        if abs(new - old) < 0.05:
+            return
+        self._exposure_ratio = new
+        log.info("exposure time: %.2f of the frame period (measured on %d frame pairs; was %.2f)",
+                 new, self.exposure.pairs, old)
+        if old <= 1e-6:  # no twists to rescale: the next ones come from the motion
+            return
+        factor = new / old
+        for rec in self._records:
+            rec.twist = rec.twist * factor
+            rec.group_twists = {g: t * factor for g, t in rec.group_twists.items()}
+        if self.backend is not None and self.initialized:
+            self.backend.edit(lambda gmap, keyframes: scale_twists(keyframes, factor))
+
     def _observe_motion(self, frame: Frame, res: TrackingResult, record: _FrameRecord) -> None:
         """Detect / move / spawn / merge motion groups with the tracked frame."""
         assert self.motion is not None
@@ -875,7 +929,7 @@ class Reconstructor:
             alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_LINEAR)
         obs = self.motion.observe(
             frame.image, res.pose, depth, alpha,
-            frame.intrinsics, _BackendMap(self), self._scene_scale, self.config.blur.exposure_ratio,
+            frame.intrinsics, _BackendMap(self), self._scene_scale, self._exposure_ratio,
             self._settings(frame.intrinsics),
         )
         record.group_poses, record.group_twists, record.dynamic_mask = obs.poses, obs.twists, obs.mask
@@ -988,6 +1042,7 @@ class Reconstructor:
         if backend.concurrent:  # the rest runs here, on the map the mapping thread leaves behind
             backend.wait_idle()
             backend.stop()
+        self._use_exposure_estimate()
         self._take_late_poses()
         self._recover_lost()
         if iters <= 0:
@@ -1132,7 +1187,7 @@ class Reconstructor:
         base = scene_tensors(self.backend.gmap, detach=True)
         present = sorted(int(g) for g in torch.unique(self.backend.gmap.group_ids).tolist() if g > 0)
         dyn = self.config.dynamic
-        ratio = self.config.blur.exposure_ratio
+        ratio = self._exposure_ratio
         for g in present:
             seen = [i for i, v in enumerate(views) if g in v.group_poses]
             if not seen:

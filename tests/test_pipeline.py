@@ -55,6 +55,37 @@ def test_trajectory_follows_ground_truth_up_to_similarity(reconstruction, small_
     assert rmse < 0.15 * path, (rmse, path)
 
 
+@pytest.mark.parametrize("ratio,seed", [(0.75, 5), (1.0, 1)])
+def test_the_exposure_time_is_measured_from_the_frames(fast_config, ratio: float, seed: int) -> None:
+    from posegs_ros.tools.synth import SynthConfig, generate
+
+    seq = generate(SynthConfig(seed=seed, frames=36, width=160, height=120, exposure=ratio / 30, shake=1.8,
+                               supersample=1))  # hand-held and shaken hard: streaks that differ frame to frame
+    engine, _ = run(seq, fast_config)
+    assert fast_config.blur.exposure_ratio == 0.5 and engine.exposure.pairs >= 5
+    assert engine.exposure_ratio == pytest.approx(ratio, abs=0.1)
+    assert engine.exposure_ratio == pytest.approx(engine.exposure.value, abs=0.05)
+
+
+def test_a_new_exposure_time_rescales_the_twists_made_so_far(small_sequence, fast_config) -> None:
+    cfg = dataclasses.replace(fast_config, blur=dataclasses.replace(fast_config.blur, exposure_pairs=0))
+    engine, _ = run(small_sequence, cfg)
+    assert engine.exposure.pairs == 0 and engine.exposure_ratio == 0.5  # not measured: the configured guess
+    before = engine.store.latest().keyframe_twists
+    records = [r.twist.copy() for r in engine._records]
+    engine.exposure.prior = 0.75  # as if measured
+    engine._use_exposure_estimate()
+    after = engine.store.latest().keyframe_twists
+    assert engine.exposure_ratio == 0.75 and set(after) == set(before)
+    for k in before:
+        np.testing.assert_allclose(after[k], 1.5 * before[k], rtol=1e-9)
+    for rec, twist in zip(engine._records, records):
+        np.testing.assert_allclose(rec.twist, 1.5 * twist, rtol=1e-9)
+    engine.exposure.prior = 0.77  # moves by less than 0.05: kept
+    engine._use_exposure_estimate()
+    assert engine.exposure_ratio == 0.75
+
+
 def test_outputs_render_save_and_cloud(reconstruction, small_sequence, tmp_path) -> None:
     engine, results, _ = reconstruction
     last = results[-1]

@@ -152,8 +152,13 @@ class MappingBackend:
             self._cond.notify_all()
 
     def edit(self, change: MapEdit) -> None:
-        """Change the map in its owner's thread: ``change(gmap, keyframes)`` runs now (inline)
-        or between two mapping steps (concurrent); its effect shows in the next snapshot."""
+        """Change the map in its owner's thread: ``change(gmap, keyframes)`` runs now (inline, or
+        once the mapping thread has stopped: the caller owns the map then) or between two mapping
+        steps (concurrent); its effect shows in the next snapshot."""
+        if self.concurrent and self._stop and not self.running:
+            self._apply_edit(change)
+            self.publish()
+            return
         self.submit(lambda: self._apply_edit(change))
 
     @property

@@ -60,6 +60,8 @@ class StatusSnapshot:
     relocalizations: int = 0
     reinitializations: int = 0
     groups: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (group id, object-to-map pose)
+    exposure_ratio: float = 0.0  # exposure time / frame period the blur model uses
+    exposure_pairs: int = 0  # frame pairs that measured it (0: the configured guess)
     seconds_since_image: float | None = None  # None: no image received yet
     last_problem: str = ""  # the most recent warning text
 
@@ -189,6 +191,8 @@ class DiagnosticsTracker:
             ("relocalizations", snapshot.relocalizations),
             ("reinitializations", snapshot.reinitializations),
             ("motion groups", len(snapshot.groups)),
+            ("exposure time / frame period", f"{snapshot.exposure_ratio:.2f} ("
+             + (f"measured on {snapshot.exposure_pairs} frame pairs)" if snapshot.exposure_pairs else "configured guess)")),
         ]
         values += [(f"skipped: {reason}", count) for reason, count in snapshot.skips.items()]
         values += [(f"reset: {reason}", count) for reason, count in snapshot.resets.items()]

@@ -478,6 +478,8 @@ class ReconstructionWorker:
                 relocalizations=int(getattr(counters, "relocalizations", 0)),
                 reinitializations=int(getattr(counters, "reinitializations", 0)),
                 groups=groups,
+                exposure_ratio=float(getattr(self.engine, "exposure_ratio", 0.0)),
+                exposure_pairs=int(getattr(getattr(self.engine, "exposure", None), "pairs", 0)),
             )
         if getattr(result, "restarted", False):  # the map restarted (focal self-calibration): new poses for all
             self.path.clear()

@@ -18,7 +18,7 @@ from ..camera import Intrinsics
 from ..config import KeyframeConfig
 from ..geometry import se3_exp
 
-__all__ = ["Keyframe", "KeyframeDecision", "decide_keyframe", "add_to_window", "choose_replay"]
+__all__ = ["Keyframe", "KeyframeDecision", "decide_keyframe", "add_to_window", "choose_replay", "scale_twists"]
 
 
 @dataclass
@@ -139,3 +139,13 @@ def choose_replay(frozen: tuple[int, ...], mapping_round: int, every: int, rng: 
     if not frozen or every <= 0 or mapping_round % every != every - 1:
         return None
     return int(frozen[int(rng.integers(len(frozen)))])
+
+
+def scale_twists(keyframes: list[Keyframe], factor: float) -> None:
+    """Scale every keyframe's exposure twists (camera and motion groups) by ``factor`` in place
+    (a changed exposure time: the streaks scale with it); optimizer state is kept."""
+    with torch.no_grad():
+        for kf in keyframes:
+            kf.twist_u.mul_(factor)
+            for twist in kf.group_twists.values():
+                twist.mul_(factor)

@@ -331,6 +331,7 @@ def replay(
                     "final_render_seconds": render_seconds,
                     "counters": engine.stats(),
                     "calibration": engine.calibration,
+                    "exposure_ratio": {"used": engine.exposure_ratio, **engine.exposure.summary()},
                     "mean_seconds": {
                         stage: float(np.mean([f.seconds[stage] for f in frames_meta])) if frames_meta else 0.0
                         for stage in ("flow", "tracking", "mapping", "render", "total")

@@ -85,6 +85,7 @@ class TrackingResult:
     points: np.ndarray  # [M, 3] map points used (for keyframe parallax checks)
     flow: np.ndarray  # [H, W, 2] flow render -> observation (last pass)
     render: RenderOutput  # render of the last pass (at the pose its Gauss-Newton started from; blurred if asked)
+    render_pose: np.ndarray  # [4, 4] the pose ``render`` was made at (at ``render``'s image size)
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     twist_refined: bool = False  # the blur-aware refinement set ``twist`` (else it is ``twist_init``)
@@ -318,6 +319,7 @@ class Tracker:
                 else:
                     out = render_views(scene, torch.from_numpy(pose_pass)[None], k, settings)
             timings["render"] += time.perf_counter() - t0
+            render_pose = pose_pass
             ref_gray = _render_gray(out.rgb[0].numpy())
             depth = out.depth[0, ..., 0].numpy()
             alpha = out.alpha[0, ..., 0].numpy()
@@ -384,6 +386,7 @@ class Tracker:
             points=points,
             flow=flow,
             render=out,
+            render_pose=render_pose,
             timings=timings,
             reason=reason,
             twist_refined=refined,

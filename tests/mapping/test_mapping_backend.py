@@ -124,6 +124,11 @@ def test_stop_ends_a_round_in_flight_and_folds_its_poses(small_sequence) -> None
     with pytest.raises(RuntimeError, match="stopped"):
         backend.submit(lambda: None)
     assert snap.version <= backend.publish().version
+    # stopped: the caller owns the map, an edit runs at once in its thread and is published
+    ran: list[str] = []
+    before = backend.store.latest().version
+    backend.edit(lambda gmap, keyframes: ran.append(threading.current_thread().name))
+    assert ran == [threading.current_thread().name] and backend.store.latest().version > before
 
 
 def test_a_failing_job_is_counted_and_the_thread_goes_on(small_sequence, caplog) -> None:

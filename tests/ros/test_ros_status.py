@@ -20,7 +20,7 @@ def _snapshot(**changes: Any) -> StatusSnapshot:
         queue_latency=0.3, frames_received=50, frames_processed=42, frames_dropped=5,
         skips={"bad_image_data": 2, "no_camera_info": 1}, resets={"time_jump_back": 1},
         lost_frames=1, relocalizations=1, reinitializations=0,
-        groups=[(1, pose), (2, np.full((4, 4), np.nan))], seconds_since_image=0.1,
+        groups=[(1, pose), (2, np.full((4, 4), np.nan))], seconds_since_image=0.1, exposure_ratio=0.75, exposure_pairs=12,
     )
     base.update(changes)
     return StatusSnapshot(**base)
@@ -80,4 +80,5 @@ def test_diagnostic_array_message(typestore: Any, factory: Any) -> None:
     values = {kv.key: kv.value for kv in status.values}
     assert values["frames dropped (queue full)"] == "5" and values["skipped: bad_image_data"] == "2"
     assert values["reset: time_jump_back"] == "1" and values["last problem"] == "image 3 skipped"
+    assert values["exposure time / frame period"] == "0.75 (measured on 12 frame pairs)"
     assert back.header.stamp.sec == 2

@@ -9,7 +9,7 @@ import torch
 from posegs_ros.camera import Intrinsics
 from posegs_ros.config import KeyframeConfig
 from posegs_ros.geometry import se3_exp
-from posegs_ros.scene.keyframes import Keyframe, add_to_window, choose_replay, decide_keyframe
+from posegs_ros.scene.keyframes import Keyframe, add_to_window, choose_replay, decide_keyframe, scale_twists
 
 
 def test_decision_reasons() -> None:
@@ -52,3 +52,14 @@ def test_keyframe_fold_applies_scaled_correction() -> None:
     assert torch.allclose(kf.pose, expected)
     assert torch.count_nonzero(kf.delta) == 0
     assert kf.pose[0, 3].item() == pytest.approx(0.2, rel=1e-2)
+
+
+def test_scale_twists_scales_camera_and_group_twists_in_place_keeping_them_trainable() -> None:
+    twist = torch.tensor([0.1, 0.0, 0.0, 0.01, -0.02, 0.0], dtype=torch.float64, requires_grad=True)
+    group = torch.tensor([0.0, 0.2, 0.0, 0.0, 0.0, 0.03], dtype=torch.float64)
+    kf = Keyframe(0, 0.0, torch.zeros(4, 4, 3), Intrinsics(10, 10, 2, 2, 4, 4), torch.eye(4, dtype=torch.float64),
+                  twist, group_poses={1: torch.eye(4, dtype=torch.float64)}, group_twists={1: group})
+    scale_twists([kf], 1.5)
+    assert kf.twist_u is twist and twist.requires_grad  # the optimizer's tensor, moved in place
+    np.testing.assert_allclose(kf.twist_u.detach().numpy(), [0.15, 0, 0, 0.015, -0.03, 0])
+    np.testing.assert_allclose(kf.group_twists[1].numpy(), [0, 0.3, 0, 0, 0, 0.045])
