@@ -30,7 +30,16 @@ from torch import Tensor
 from ..camera import Intrinsics, pixel_grid, unproject
 from ..geometry import se3_exp, se3_log
 
-__all__ = ["RATIOS", "ExposureView", "exposure_gray", "visible_points", "streak_field", "commutation_curve", "ExposurePair", "ExposureRatioEstimator"]
+__all__ = [
+    "RATIOS",
+    "ExposureView",
+    "exposure_gray",
+    "visible_points",
+    "streak_field",
+    "commutation_curve",
+    "ExposurePair",
+    "ExposureRatioEstimator",
+]
 
 RATIOS = np.round(np.arange(0.0, 1.5001, 0.1), 2)  # candidate exposure ratios (1 = shutter open all period;
 # beyond 1 only so that a curve whose minimum is near 1 can rise again after it)
