@@ -21,14 +21,15 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..camera import Intrinsics, pixel_grid, unproject
-from ..geometry import se3_exp, se3_log
+from ..camera import Intrinsics, pixel_grid, project, unproject
+from ..geometry import se3_exp, se3_inverse, se3_log, transform_points
+from .flow import smoothed_grey
+from .tracker import COVERED_ALPHA
 
 __all__ = [
     "RATIOS",
@@ -64,14 +65,12 @@ def exposure_gray(image: np.ndarray, sigma: float = 1.0) -> Tensor:
     """``[H, W]`` float32 grey in [0, 1] of an RGB uint8 frame ``[H, W, 3]``, smoothed by a
     Gaussian of ``sigma`` pixels (both frames of a pair alike: resampling one of them at
     sub-pixel positions then smooths it no more than the other)."""
-    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    if sigma > 0:
-        gray = cv2.GaussianBlur(gray, (0, 0), sigma)
-    return torch.from_numpy(gray)
+    return torch.from_numpy(smoothed_grey(image, sigma) / np.float32(255.0))
 
 
 def visible_points(depth: Tensor, alpha: Tensor, pose: np.ndarray, intrinsics: Intrinsics,
-                   exclude: np.ndarray | None = None, max_points: int = 1500, min_alpha: float = 0.5) -> Tensor:
+                   exclude: np.ndarray | None = None, max_points: int = 1500,
+                   min_alpha: float = COVERED_ALPHA) -> Tensor:
     """Map points ``[P, 3]`` of a render: depth ``[h, w]`` and opacity ``[h, w]`` made at ``pose``
     ``[4, 4]`` (camera-to-map) with ``intrinsics`` scaled to ``h x w``; pixels on a regular grid
     (at most ``max_points``) where the map is opaque and not ``exclude`` ``[h, w]`` (moving),
@@ -89,22 +88,7 @@ def visible_points(depth: Tensor, alpha: Tensor, pose: np.ndarray, intrinsics: I
     # then falls at a random sub-pixel position, so bilinear sampling smooths both frames alike
     # (points on the pixel centres of one frame would sample that one frame unsmoothed)
     pix = pix[keep] + torch.rand(pix[keep].shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5
-    cam = unproject(pix, d[keep], k)
-    rot = torch.from_numpy(np.asarray(pose, np.float64))
-    return cam @ rot[:3, :3].T + rot[:3, 3]
-
-
-def _project(points: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-    """Pixels ``[P, 2]`` and depths ``[P]`` of camera-frame points ``[P, 3]``."""
-    z = points[:, 2]
-    zs = z.clamp_min(1e-9)
-    return torch.stack([k[0, 0] * points[:, 0] / zs + k[0, 2], k[1, 1] * points[:, 1] / zs + k[1, 2]], -1), z
-
-
-def _to_camera(points: Tensor, pose: Tensor) -> Tensor:
-    """Map points ``[P, 3]`` in the camera of ``pose`` ``[4, 4]`` (camera-to-map)."""
-    rot = pose[:3, :3]
-    return (points - pose[:3, 3]) @ rot
+    return transform_points(torch.from_numpy(np.asarray(pose, np.float64)), unproject(pix, d[keep], k))
 
 
 def streak_field(points: Tensor, motion: np.ndarray, k: Tensor) -> Tensor:
@@ -113,8 +97,8 @@ def streak_field(points: Tensor, motion: np.ndarray, k: Tensor) -> Tensor:
     xi = torch.as_tensor(np.asarray(motion, np.float64), dtype=points.dtype)
     ends = []
     for s in (-0.5, 0.5):
-        inv = torch.linalg.inv(se3_exp(s * xi))  # a sub-frame camera at pose @ exp(s xi) sees inv(exp(s xi)) X
-        ends.append(_project(points @ inv[:3, :3].T + inv[:3, 3], k)[0])
+        # a sub-frame camera at pose @ exp(s xi) sees inv(exp(s xi)) X
+        ends.append(project(transform_points(se3_inverse(se3_exp(s * xi)), points), k)[0])
     return ends[1] - ends[0]
 
 
@@ -153,10 +137,10 @@ def commutation_curve(
     """
     k = intrinsics.matrix(torch.float64)
     pts = points.to(torch.float64)
-    cam_a = _to_camera(pts, torch.from_numpy(np.asarray(a.pose, np.float64)))
-    cam_b = _to_camera(pts, torch.from_numpy(np.asarray(b.pose, np.float64)))
-    pix_a, z_a = _project(cam_a, k)
-    pix_b, z_b = _project(cam_b, k)
+    cam_a = transform_points(se3_inverse(torch.from_numpy(np.asarray(a.pose, np.float64))), pts)
+    cam_b = transform_points(se3_inverse(torch.from_numpy(np.asarray(b.pose, np.float64))), pts)
+    pix_a, z_a = project(cam_a, k)
+    pix_b, z_b = project(cam_b, k)
     w, h = intrinsics.width, intrinsics.height
 
     def inside(p: Tensor, z: Tensor) -> Tensor:

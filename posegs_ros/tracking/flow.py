@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..config import TrackingConfig
 
 __all__ = [
-    "DenseFlow", "to_gray", "image_sharpness", "matching_blur_sigma", "texture_mask", "textured_regions",
+    "DenseFlow", "to_gray", "smoothed_grey", "image_sharpness", "matching_blur_sigma", "texture_mask", "textured_regions",
     "robust_flow_threshold", "flow_consistency", "bilinear_sample", "image_gradients",
 ]
 
@@ -54,9 +54,11 @@ def _gradient_energy(grey: np.ndarray, mask: np.ndarray | None) -> float:
     return _mean(gx * gx + gy * gy, mask)
 
 
-def _smoothed_grey(image: np.ndarray) -> np.ndarray:
-    grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    return cv2.GaussianBlur(grey.astype(np.float32), (0, 0), 1.0)
+def smoothed_grey(image: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """``[H, W]`` float32 grey (0-255) of a uint8 image ``[H, W, 3]`` (RGB) or ``[H, W]``, after a
+    Gaussian of ``sigma`` pixels (none for ``sigma <= 0``)."""
+    grey = (image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)).astype(np.float32)
+    return cv2.GaussianBlur(grey, (0, 0), sigma) if sigma > 0 else grey
 
 
 def image_sharpness(image: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -68,7 +70,7 @@ def image_sharpness(image: np.ndarray, mask: np.ndarray | None = None) -> float:
     are compared. 0 for a black image or an empty mask."""
     if mask is not None and not mask.any():
         return 0.0
-    grey = _smoothed_grey(image)
+    grey = smoothed_grey(image)
     mean = _mean(grey, mask)
     if mean <= 0.0:
         return 0.0
@@ -88,7 +90,7 @@ def matching_blur_sigma(sharp: np.ndarray, blurred: np.ndarray, mask: np.ndarray
     if mask is not None and not mask.any():
         return 0.0
     target = image_sharpness(blurred, mask)
-    grey = _smoothed_grey(sharp)
+    grey = smoothed_grey(sharp)
     mean = _mean(grey, mask)
     if mean <= 0.0:
         return 0.0
