@@ -885,11 +885,7 @@ class Reconstructor:
         if est.max_pairs <= 0 or not self.config.blur.enabled or est.done or self.backend is None:
             return
         depth, alpha = res.render.depth[0, ..., 0], res.render.alpha[0, ..., 0]
-        exclude = self.motion.exclusion_mask() if self.motion is not None else None
-        if exclude is not None and exclude.shape != tuple(depth.shape):
-            exclude = cv2.resize(exclude.astype(np.uint8), (depth.shape[1], depth.shape[0]),
-                                 interpolation=cv2.INTER_NEAREST).astype(bool)
-        points = visible_points(depth, alpha, res.render_pose, frame.intrinsics, exclude)
+        points = visible_points(depth, alpha, res.render_pose, frame.intrinsics, res.exclude)
         period = self._stamp_period or max(frame.stamp - self._history[-1].stamp, 1e-3)
         pair = est.push(frame.stamp, res.pose, exposure_gray(frame.image), points, period)
         if pair is None:

@@ -1,7 +1,7 @@
 """The exposure blur model and the photometric loss.
 
 A blurred frame is predicted as the mean of ``S`` sharp renders at sub-exposure poses
-``T(s) = T @ exp(s * d)``, ``s`` evenly spaced in ``[-1/2, 1/2]`` (UPGS / BAD-Gaussians);
+``T(s) = T @ exp(s * d)``, ``s`` at the midpoints of ``S`` equal slices of ``[-1/2, 1/2]``;
 moving objects add their own ``M_g(s) = M_g @ exp(s * e_g)`` per motion group.  The deblurred
 output is the render at ``s = 0``.  Loss: ``(1 - lambda) L1 + lambda (1 - SSIM)``.
 """
@@ -39,12 +39,17 @@ __all__ = [
 
 
 def exposure_offsets(subframes: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
-    """Sub-exposure times ``s`` ``[S]``: evenly spaced in ``[-1/2, 1/2]``; ``[0]`` for ``S = 1``."""
+    """Sub-exposure times ``s`` ``[S]``: the midpoints of ``S`` equal slices of the exposure
+    ``[-1/2, 1/2]`` (``(i + 1/2) / S - 1/2``; ``[0]`` for ``S = 1``).
+
+    The recorded frame is the exposure's time average, so each sub-frame stands for one slice:
+    the sampled blur has the spread of the continuous streak (variance ``(1 - 1/S^2) L^2 / 12``
+    for a streak of ``L`` pixels). Sampling the slice ends instead (``-1/2 .. 1/2`` inclusive)
+    spreads it by ``(S + 1) / (S - 1)``: twice the variance at 3 sub-frames, which the fitted
+    exposure twists then shrink to hide."""
     if subframes < 1:
         raise ValueError(f"subframes must be >= 1, got {subframes}")
-    if subframes == 1:
-        return torch.zeros(1, dtype=dtype, device=device)
-    return torch.linspace(-0.5, 0.5, subframes, dtype=dtype, device=device)
+    return (torch.arange(subframes, dtype=dtype, device=device) + 0.5) / subframes - 0.5
 
 
 def blur_length_px(twist: np.ndarray, fx: float, width: int, height: int, depth: float) -> float:

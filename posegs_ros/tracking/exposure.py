@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ..camera import Intrinsics, pixel_grid, project, unproject
 from ..geometry import se3_exp, se3_inverse, se3_log, transform_points
+from ..scene.blur import exposure_offsets
 from .flow import smoothed_grey
 from .tracker import COVERED_ALPHA
 
@@ -159,7 +160,7 @@ def commutation_curve(
     longest = float(torch.maximum(streak_a.norm(dim=1), streak_b.norm(dim=1)).max()) * float(np.max(ratios))
     n = int(np.ceil(longest / spacing_px)) + 1
     n = min(max(n + 1 - n % 2, 3), max_subframes - (1 - max_subframes % 2))
-    offsets = torch.linspace(-0.5, 0.5, n, dtype=torch.float64)
+    offsets = exposure_offsets(n, torch.float64)
     steps = torch.as_tensor(np.asarray(ratios, np.float64))[:, None] * offsets[None]  # [R, S]
     # a smeared along b's streak, b along a's: [R, S, P] samples, averaged over the streak
     twice_a = _sample(a.gray, pix_a[None, None] + steps[..., None, None] * streak_b[None, None]).mean(1)

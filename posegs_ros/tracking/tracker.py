@@ -86,6 +86,7 @@ class TrackingResult:
     flow: np.ndarray  # [H, W, 2] flow render -> observation (last pass)
     render: RenderOutput  # render of the last pass (at the pose its Gauss-Newton started from; blurred if asked)
     render_pose: np.ndarray  # [4, 4] the pose ``render`` was made at (at ``render``'s image size)
+    exclude: np.ndarray | None = None  # [h, w] bool pixels tracking left out (moving objects), at ``render``'s size
     timings: dict[str, float] = field(default_factory=dict)
     reason: str = ""
     twist_refined: bool = False  # the blur-aware refinement set ``twist`` (else it is ``twist_init``)
@@ -323,18 +324,16 @@ class Tracker:
             ref_gray = _render_gray(out.rgb[0].numpy())
             depth = out.depth[0, ..., 0].numpy()
             alpha = out.alpha[0, ..., 0].numpy()
+            covered = alpha > COVERED_ALPHA
             if t.match_brightness:
-                covered = alpha > COVERED_ALPHA
-                if exclude is not None:
-                    covered &= ~exclude
-                ref_gray, gain = match_brightness(ref_gray, obs_gray, covered)
+                ref_gray, gain = match_brightness(ref_gray, obs_gray, covered if exclude is None else covered & ~exclude)
             t0 = time.perf_counter()
             if flow_sigma is None:  # once per frame, at the prediction: how much blurrier the frame is than the map
-                flow_sigma = self._flow_sigma(ref_gray, obs_gray, alpha > COVERED_ALPHA, scale)
+                flow_sigma = self._flow_sigma(ref_gray, obs_gray, covered, scale)
             flow = self._flow_at(scale)(ref_gray, obs_gray, flow_sigma)
             timings["flow"] += time.perf_counter() - t0
             if first is None:
-                first = (out, float((alpha > COVERED_ALPHA).mean()), flow)
+                first = (out, float(covered.mean()), flow)
             t0 = time.perf_counter()
             solved, points, ncc = self._gauss_newton(obs, ref_gray, depth, alpha, flow, intrinsics, pose_pass, exclude,
                                                      scale, weight)
@@ -387,6 +386,7 @@ class Tracker:
             flow=flow,
             render=out,
             render_pose=render_pose,
+            exclude=exclude,
             timings=timings,
             reason=reason,
             twist_refined=refined,

@@ -48,9 +48,27 @@ def wall_view() -> tuple[RenderSettings, torch.Tensor, torch.Tensor, torch.Tenso
 
 def test_exposure_offsets() -> None:
     assert exposure_offsets(1).tolist() == [0.0]
-    assert exposure_offsets(5).tolist() == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
+    assert exposure_offsets(5).tolist() == pytest.approx([-0.4, -0.2, 0.0, 0.2, 0.4])  # slice midpoints
+    assert exposure_offsets(4).tolist() == pytest.approx([-0.375, -0.125, 0.125, 0.375])
     with pytest.raises(ValueError):
         exposure_offsets(0)
+
+
+def test_few_subframes_approximate_the_continuous_exposure() -> None:
+    """A frame is the time average over the exposure: 3 or 5 sub-frames at the slice midpoints
+    come closer to a densely sampled exposure than the same number spanning its ends."""
+    scene = textured_wall()
+    settings, k, pose, _ = wall_view()
+    twist = torch.tensor([0.2, 0.05, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # ~8 px streak at 2 m
+    assert blur_length_px(twist.numpy(), INTR.fx, INTR.width, INTR.height, 2.0) == pytest.approx(8.2, abs=0.1)
+    continuous, _ = render_exposure(scene, pose, twist, k, settings, subframes=61)
+    for n in (3, 5):
+        midpoints, _ = render_exposure(scene, pose, twist, k, settings, subframes=n)
+        ends = torch.linspace(-0.5, 0.5, n, dtype=torch.float64)
+        spanning = render_views(scene, exposure_poses(pose, twist, ends), k, settings).rgb.mean(0)
+        err_mid = float((midpoints - continuous).abs().mean())
+        err_ends = float((spanning - continuous).abs().mean())
+        assert err_mid < 0.75 * err_ends, (n, err_mid, err_ends)
 
 
 def test_blurred_render_is_mean_of_shifted_renders() -> None:
@@ -58,7 +76,7 @@ def test_blurred_render_is_mean_of_shifted_renders() -> None:
     settings = RenderSettings(INTR.width, INTR.height)
     k = INTR.matrix(torch.float64)
     pose = torch.eye(4, dtype=torch.float64)
-    twist = torch.tensor([0.04, -0.01, 0.0, 0.0, 0.03, 0.01], dtype=torch.float64)
+    twist = torch.tensor([0.06, -0.015, 0.0, 0.0, 0.045, 0.015], dtype=torch.float64)
     blurred, views = render_exposure(scene, pose, twist, k, settings, subframes=5)
     singles = [render_views(scene, p[None], k, settings).rgb[0] for p in exposure_poses(pose, twist, exposure_offsets(5, torch.float64))]
     assert torch.allclose(blurred, torch.stack(singles).mean(0), atol=1e-5)
@@ -240,3 +258,4 @@ def test_fixed_subframes_win_over_the_blur_length() -> None:
     # the longest streak decides: a fast object's twist next to a still camera
     assert exposure_subframes(0, [np.zeros(6), pan], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 7
     assert exposure_subframes(0, [np.zeros(6)], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 3
+

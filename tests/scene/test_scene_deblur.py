@@ -35,10 +35,10 @@ def test_warps_move_pixels_along_the_exposure() -> None:
     depth[:5] = np.nan  # unknown depth: those pixels stay put
     twist = np.array([0.04, 0.0, 0.0, 0.0, 0.0, 0.0])  # sideways translation only
     warps = exposure_warps(depth, INTR, twist, 3)
-    shift = INTR.fx * 0.04 * 0.5 / 2.0  # pixels at s = +-1/2 for a wall 2 m away
+    shift = INTR.fx * 0.04 / 3.0 / 2.0  # pixels at s = +-1/3 (the outer slices' midpoints) for a wall 2 m away
     us = np.arange(INTR.width, dtype=np.float32)[None].repeat(INTR.height, 0)
     first, middle, last = (m[0] - us for m in warps)
-    # at s = -1/2 the camera is left of its mid-exposure position: the wall appears shifted right,
+    # at s = -1/3 the camera is left of its mid-exposure position: the wall appears shifted right,
     # so the blurred pixel q shows the mid-exposure image at q - shift
     assert np.allclose(middle, 0.0, atol=1e-5)
     assert np.allclose(first[5:], -shift, atol=1e-3) and np.allclose(last[5:], shift, atol=1e-3)
