@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..camera import Intrinsics, pixel_grid, project, unproject
 from ..geometry import se3_exp, se3_inverse, se3_log, transform_points
-from ..scene.blur import exposure_offsets
+from ..scene.blur import exposure_offsets, subframes_for_blur
 from .flow import smoothed_grey
 from .tracker import COVERED_ALPHA
 
@@ -158,9 +158,7 @@ def commutation_curve(
     if differ < min_streak_px:
         return None
     longest = float(torch.maximum(streak_a.norm(dim=1), streak_b.norm(dim=1)).max()) * float(np.max(ratios))
-    n = int(np.ceil(longest / spacing_px)) + 1
-    n = min(max(n + 1 - n % 2, 3), max_subframes - (1 - max_subframes % 2))
-    offsets = exposure_offsets(n, torch.float64)
+    offsets = exposure_offsets(subframes_for_blur(longest, spacing_px, max_subframes), torch.float64)
     steps = torch.as_tensor(np.asarray(ratios, np.float64))[:, None] * offsets[None]  # [R, S]
     # a smeared along b's streak, b along a's: [R, S, P] samples, averaged over the streak
     twice_a = _sample(a.gray, pix_a[None, None] + steps[..., None, None] * streak_b[None, None]).mean(1)
