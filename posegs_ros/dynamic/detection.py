@@ -43,6 +43,7 @@ __all__ = [
     "flow_disagreement",
     "static_flow_bounds",
     "closest_static_flow",
+    "static_flow_fields",
     "boundary_contrast",
     "robust_flow_threshold",
     "flow_target_inside",
@@ -156,6 +157,25 @@ def closest_static_flow(observed: np.ndarray, far: np.ndarray, near: np.ndarray)
         t = ((observed[..., 0] - far[..., 0]) * seg_u + (observed[..., 1] - far[..., 1]) * seg_v) / length2
     t = np.clip(np.where((length2 > 1e-12) & np.isfinite(t), t, 0.0), 0.0, 1.0)
     return np.stack([far[..., 0] + t * seg_u, far[..., 1] + t * seg_v], -1).astype(np.float32)
+
+
+def static_flow_fields(
+    observed: np.ndarray, depth: np.ndarray, k: np.ndarray, pose_from: np.ndarray, pose_to: np.ndarray,
+    depth_slack: float, margin_px: float = 2.0, near: float = 1e-6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Detection's per-pixel geometry in one pass: ``(valid [H, W] bool, static [H, W, 2] float32)``,
+    bitwise ``flow_target_inside(camera_induced_flow(depth, ...), margin_px)`` and
+    ``closest_static_flow(observed, *static_flow_bounds(depth, ..., depth_slack))`` (a numba
+    kernel; those numpy functions are its reference and say what the fields mean)."""
+    if depth_slack < 1.0:
+        raise ValueError(f"depth_slack must be >= 1, got {depth_slack}")
+    from ._detection_kernels import static_flow_fields as kernel
+
+    rel = np.linalg.inv(np.asarray(pose_to, dtype=np.float64)) @ np.asarray(pose_from, dtype=np.float64)
+    rot32 = rel[:3, :3].astype(np.float32).astype(np.float64)
+    t32 = rel[:3, 3].astype(np.float32).astype(np.float64)
+    return kernel(np.ascontiguousarray(observed, np.float32), np.ascontiguousarray(depth, np.float32),
+                  np.ascontiguousarray(k, np.float64), rot32, t32, np.float32(depth_slack), float(margin_px), float(near))
 
 
 def flow_disagreement(

@@ -40,15 +40,12 @@ from ..config import PosegsConfig
 from .detection import (
     GroupMotionHistory,
     MotionSegmenter,
-    camera_induced_flow,
-    closest_static_flow,
     boundary_contrast,
     flow_disagreement,
-    flow_target_inside,
     motion_from_flowed_pixels,
     motion_from_region_flow,
     region_depth_fill,
-    static_flow_bounds,
+    static_flow_fields,
     texture_mask,
     warp_mask,
 )
@@ -302,9 +299,8 @@ class MotionGroups:
         image_prev, pose_prev, depth_prev, alpha_prev = prev
         k = intrinsics.numpy()
         flow = self.flow(image_prev, image)
-        predicted = camera_induced_flow(depth_prev, k, pose_prev, pose)
-        valid = flow_target_inside(predicted) & (alpha_prev > 0.7)
-        static = closest_static_flow(flow, *static_flow_bounds(depth_prev, k, pose_prev, pose, self.cfg.dynamic.depth_slack))
+        inside, static = static_flow_fields(flow, depth_prev, k, pose_prev, pose, self.cfg.dynamic.depth_slack)
+        valid = inside & (alpha_prev > 0.7)
         residual: np.ndarray | None = None  # |flow - static| [H, W], for the border test of a new region
         candidates = flow_disagreement(flow, static, self.cfg.dynamic.flow_threshold_px, valid=valid,
                                        textured=texture_mask(image_prev))

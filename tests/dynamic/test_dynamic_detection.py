@@ -23,6 +23,7 @@ from posegs_ros.dynamic.detection import (
     robust_flow_threshold,
     should_merge,
     static_flow_bounds,
+    static_flow_fields,
     texture_mask,
     warp_mask,
 )
@@ -286,6 +287,30 @@ def test_static_flow_explains_wrong_map_depth_but_not_motion() -> None:
     np.testing.assert_allclose(closest_static_flow(observed + 3.0, far, near), observed, atol=1e-3)
     with pytest.raises(ValueError):
         static_flow_bounds(true_depth, K, pose_from, pose_to, depth_slack=0.5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_one_pass_kernel_is_bitwise_the_numpy_detection_geometry(seed: int) -> None:
+    """``static_flow_fields`` (numba, one pass) equals ``flow_target_inside(camera_induced_flow(...))``
+    and ``closest_static_flow(..., *static_flow_bounds(...))`` bit for bit, with unknown, zero and
+    negative depths, points behind the destination camera and pixels leaving the view."""
+    rng = np.random.default_rng(seed)
+    depth = (0.3 + 3.0 * rng.random((H, W))).astype(np.float32)
+    depth[rng.random((H, W)) < 0.05] = np.nan
+    depth[rng.random((H, W)) < 0.02] = 0.0
+    depth[rng.random((H, W)) < 0.01] = -1.0
+    pose_from = exp(list(rng.normal(size=6) * 0.5))
+    step = [0.4, -0.3, 0.6] if seed == 3 else list(rng.normal(size=3) * 0.05)  # seed 3: some points end up behind
+    pose_to = pose_from @ exp(step + list(rng.normal(size=3) * 0.05))
+    observed = (rng.normal(size=(H, W, 2)) * 6.0).astype(np.float32)
+    for slack in (1.0, 2.0):
+        valid, static = static_flow_fields(observed, depth, K, pose_from, pose_to, slack)
+        assert np.array_equal(valid, flow_target_inside(camera_induced_flow(depth, K, pose_from, pose_to)))
+        reference = closest_static_flow(observed, *static_flow_bounds(depth, K, pose_from, pose_to, slack))
+        assert static.dtype == np.float32 and np.array_equal(static, reference, equal_nan=True)
+        assert 0.05 < valid.mean() < 0.99
+    with pytest.raises(ValueError):
+        static_flow_fields(observed, depth, K, pose_from, pose_to, 0.5)
 
 
 def test_boundary_contrast_tells_a_moving_body_from_a_smooth_error_field() -> None:
