@@ -44,19 +44,21 @@ def _project(ray0: float, ray1: float, ray2: float, z: np.float32, t: np.ndarray
 
 @njit(cache=True, error_model="numpy")
 def static_flow_fields(observed: np.ndarray, depth: np.ndarray, k: np.ndarray, rot32: np.ndarray, t32: np.ndarray,
-                       slack: np.float32, margin: float, near: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(valid [H, W] bool, static [H, W, 2] float32)`` for ``observed`` flow ``[H, W, 2]``
+                       slack: np.float32, margin: float, near: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(valid [H, W] bool, static [H, W, 2] float32, residual [H, W] float64)`` for ``observed`` flow ``[H, W, 2]``
     float32 and ``depth`` ``[H, W]`` float32 of the source view; ``k`` ``[3, 3]`` float64;
     ``rot32`` ``[3, 3]`` / ``t32`` ``[3]``: the source-to-destination camera transform rounded
     to float32 and held as float64 (as the numpy path uses it).
 
     ``valid``: the camera-induced flow is finite and lands ``margin`` px inside the image;
     ``static``: the flow on the epipolar segment of depths ``[depth / slack, depth * slack]``
-    closest to the observed one."""
+    closest to the observed one; ``residual``: ``|observed - static|`` in float64 (``sqrt(du^2 +
+    dv^2)``, as ``np.linalg.norm`` over the last axis sums its two squares)."""
     h, w = depth.shape
     fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
     valid = np.zeros((h, w), np.bool_)
     static = np.empty((h, w, 2), np.float32)
+    residual = np.empty((h, w), np.float64)
     hi_u, hi_v = w - 1 - margin, h - 1 - margin
     for v in range(h):
         vf = np.float64(np.float32(v))
@@ -89,6 +91,10 @@ def static_flow_fields(observed: np.ndarray, depth: np.ndarray, k: np.ndarray, r
             if not (length2 > _TINY and math.isfinite(s)):
                 s = np.float32(0.0)
             s = min(max(s, np.float32(0.0)), np.float32(1.0))
-            static[v, u, 0] = far_u + s * seg_u
-            static[v, u, 1] = far_v + s * seg_v
-    return valid, static
+            su, sv = far_u + s * seg_u, far_v + s * seg_v
+            static[v, u, 0] = su
+            static[v, u, 1] = sv
+            du = np.float64(observed[v, u, 0]) - np.float64(su)
+            dv = np.float64(observed[v, u, 1]) - np.float64(sv)
+            residual[v, u] = math.sqrt(du * du + dv * dv)
+    return valid, static, residual

@@ -162,11 +162,13 @@ def closest_static_flow(observed: np.ndarray, far: np.ndarray, near: np.ndarray)
 def static_flow_fields(
     observed: np.ndarray, depth: np.ndarray, k: np.ndarray, pose_from: np.ndarray, pose_to: np.ndarray,
     depth_slack: float, margin_px: float = 2.0, near: float = 1e-6,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Detection's per-pixel geometry in one pass: ``(valid [H, W] bool, static [H, W, 2] float32)``,
-    bitwise ``flow_target_inside(camera_induced_flow(depth, ...), margin_px)`` and
-    ``closest_static_flow(observed, *static_flow_bounds(depth, ..., depth_slack))`` (a numba
-    kernel; those numpy functions are its reference and say what the fields mean)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detection's per-pixel geometry in one pass: ``(valid [H, W] bool, static [H, W, 2] float32,
+    residual [H, W] float64)``, bitwise ``flow_target_inside(camera_induced_flow(depth, ...),
+    margin_px)``, ``static = closest_static_flow(observed, *static_flow_bounds(depth, ...,
+    depth_slack))`` and the float64 norm of ``observed - static`` that :func:`flow_disagreement`
+    thresholds (a numba kernel; those numpy functions are its reference and say what the fields
+    mean)."""
     if depth_slack < 1.0:
         raise ValueError(f"depth_slack must be >= 1, got {depth_slack}")
     from ._detection_kernels import static_flow_fields as kernel
@@ -189,6 +191,7 @@ def flow_disagreement(
     edge_px: int = 6,
     textured: np.ndarray | None = None,
     min_textured_frac: float = 0.3,
+    residual: np.ndarray | None = None,
 ) -> np.ndarray:
     """Motion candidates ``[H, W]`` bool: pixels whose observed flow disagrees with the predicted one.
 
@@ -215,9 +218,14 @@ def flow_disagreement(
             drifts in blank areas); kept regions keep their blank pixels, so a moving object
             with blank patches gets no holes.
 
+        residual: ``[H, W]`` float64 ``|observed - predicted|`` when already computed
+            (:func:`static_flow_fields` gives it); ``observed`` and ``predicted`` are then not read.
+
     Invalid pixels (mask, NaN in either flow) are never candidates.
     """
-    res = np.linalg.norm(np.asarray(observed, np.float64) - np.asarray(predicted, np.float64), axis=-1)
+    if residual is None:
+        residual = np.linalg.norm(np.asarray(observed, np.float64) - np.asarray(predicted, np.float64), axis=-1)
+    res = residual
     ok = np.isfinite(res)
     if valid is not None:
         ok &= valid.astype(bool)

@@ -299,11 +299,12 @@ class MotionGroups:
         image_prev, pose_prev, depth_prev, alpha_prev = prev
         k = intrinsics.numpy()
         flow = self.flow(image_prev, image)
-        inside, static = static_flow_fields(flow, depth_prev, k, pose_prev, pose, self.cfg.dynamic.depth_slack)
+        inside, static, flow_residual = static_flow_fields(flow, depth_prev, k, pose_prev, pose,
+                                                           self.cfg.dynamic.depth_slack)
         valid = inside & (alpha_prev > 0.7)
         residual: np.ndarray | None = None  # |flow - static| [H, W], for the border test of a new region
         candidates = flow_disagreement(flow, static, self.cfg.dynamic.flow_threshold_px, valid=valid,
-                                       textured=texture_mask(image_prev))
+                                       textured=texture_mask(image_prev), residual=flow_residual)
         regions = self.segmenter.update(candidates, self._last_flow)
         self._last_flow = flow
         confirmed = [r for r in regions if r.confirmed]

@@ -291,9 +291,10 @@ def test_static_flow_explains_wrong_map_depth_but_not_motion() -> None:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_the_one_pass_kernel_is_bitwise_the_numpy_detection_geometry(seed: int) -> None:
-    """``static_flow_fields`` (numba, one pass) equals ``flow_target_inside(camera_induced_flow(...))``
-    and ``closest_static_flow(..., *static_flow_bounds(...))`` bit for bit, with unknown, zero and
-    negative depths, points behind the destination camera and pixels leaving the view."""
+    """``static_flow_fields`` (numba, one pass) equals ``flow_target_inside(camera_induced_flow(...))``,
+    ``closest_static_flow(..., *static_flow_bounds(...))`` and the residual's float64 norm bit for
+    bit, with unknown, zero and negative depths, points behind the destination camera and pixels
+    leaving the view."""
     rng = np.random.default_rng(seed)
     depth = (0.3 + 3.0 * rng.random((H, W))).astype(np.float32)
     depth[rng.random((H, W)) < 0.05] = np.nan
@@ -304,11 +305,16 @@ def test_the_one_pass_kernel_is_bitwise_the_numpy_detection_geometry(seed: int) 
     pose_to = pose_from @ exp(step + list(rng.normal(size=3) * 0.05))
     observed = (rng.normal(size=(H, W, 2)) * 6.0).astype(np.float32)
     for slack in (1.0, 2.0):
-        valid, static = static_flow_fields(observed, depth, K, pose_from, pose_to, slack)
+        valid, static, residual = static_flow_fields(observed, depth, K, pose_from, pose_to, slack)
         assert np.array_equal(valid, flow_target_inside(camera_induced_flow(depth, K, pose_from, pose_to)))
         reference = closest_static_flow(observed, *static_flow_bounds(depth, K, pose_from, pose_to, slack))
         assert static.dtype == np.float32 and np.array_equal(static, reference, equal_nan=True)
+        norm = np.linalg.norm(observed.astype(np.float64) - reference.astype(np.float64), axis=-1)
+        assert residual.dtype == np.float64 and np.array_equal(residual, norm, equal_nan=True)
         assert 0.05 < valid.mean() < 0.99
+        # the candidates from the kernel's residual are those flow_disagreement computes itself
+        assert np.array_equal(flow_disagreement(observed, static, 1.5, valid=valid, residual=residual),
+                              flow_disagreement(observed, static, 1.5, valid=valid))
     with pytest.raises(ValueError):
         static_flow_fields(observed, depth, K, pose_from, pose_to, 0.5)
 
