@@ -285,6 +285,11 @@ class DynamicConfig:
     min_boundary_contrast: float = _f(
         3.0, "a new region spawns a group only if its flow residual is this many times the residual just outside "
         "it (a separate moving body; a wrong camera pose or rolling shutter leaves a smooth residual field)")
+    max_residual_change: float = _f(
+        0.4, "a new region spawns a group only if its median flow residual (a 2-vector) changed by at most this "
+        "fraction between consecutive frames over its last residual_frames frames: a moving body's residual is "
+        "steady, what camera shake, strong blur or a wrong map leave flips from frame to frame (inf = off)")
+    residual_frames: int = _f(4, "frames of a region's residual history max_residual_change looks at (at least 2)")
     min_region_px: int = _f(150, "smallest connected region that spawns or extends a motion group")
     persistence: int = _f(2, "frames a region must persist before it becomes a group")
     merge_motion: float = _f(0.005, "groups moving less than this per frame (translation / scene depth + radians) merge back")
@@ -296,6 +301,11 @@ class DynamicConfig:
     track_groups: bool = _f(True, "track each group against its own Gaussians (rendered depth + flow) instead of "
                             "frame-to-frame region flow, once it has them")
     min_group_inliers: float = _f(0.5, "inlier ratio below which a group's tracking result is not trusted")
+
+    def __post_init__(self) -> None:
+        if not self.max_residual_change >= 0 or self.residual_frames < 2:
+            raise ConfigError(f"dynamic: need max_residual_change >= 0 and residual_frames >= 2, got "
+                              f"{self.max_residual_change}, {self.residual_frames}")
 
 
 @dataclass

@@ -45,6 +45,7 @@ __all__ = [
     "closest_static_flow",
     "static_flow_fields",
     "boundary_contrast",
+    "residual_change",
     "robust_flow_threshold",
     "flow_target_inside",
     "texture_mask",
@@ -279,6 +280,23 @@ def boundary_contrast(residual: np.ndarray, region: np.ndarray, valid: np.ndarra
     if not ring.any():
         return float("inf")
     return float(np.median(residual[inside]) / max(float(np.median(residual[ring])), 1e-3))
+
+
+def residual_change(vectors: list[np.ndarray]) -> float:
+    """Largest change between consecutive median flow residuals ``vectors`` (each ``[2]``, oldest
+    first) of one region, relative to the larger of the two: 0 for a steady residual, 2 for one
+    that flips sign; ``inf`` with fewer than two.
+
+    A body moving on its own keeps moving the same way from one frame pair to the next, so its
+    residual against the static explanation is steady. What camera shake, strong motion blur
+    (dense flow between frames smeared in different directions) or a wrongly mapped surface
+    leave oscillates with the camera's jitter: consecutive residuals point different ways.
+    """
+    if len(vectors) < 2:
+        return float("inf")
+    changes = [float(np.linalg.norm(b - a)) / max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), 1e-9)
+               for a, b in zip(vectors, vectors[1:])]
+    return max(changes)
 
 
 def flow_target_inside(flow: np.ndarray, margin_px: float = 2.0) -> np.ndarray:

@@ -13,7 +13,8 @@ Per tracked frame (after the camera pose is solved):
 2. candidate pixels persist as regions (:class:`posegs_ros.dynamic.detection.MotionSegmenter`);
 3. a confirmed region without a group spawns one if its residual stops sharply at its border
    (:func:`posegs_ros.dynamic.detection.boundary_contrast`; a smooth residual field is a camera or
-   depth error): Gaussians lifted from the previous frame with a
+   depth error) and stayed steady over its last frames
+   (:func:`posegs_ros.dynamic.detection.residual_change`; camera jitter flips it): Gaussians lifted from the previous frame with a
    depth filled from the region's surroundings (monocular: the only depth available for a
    new moving object), static Gaussians in front of the background inside the region (the object
    mapped as static before it was detected) are removed;
@@ -27,6 +28,7 @@ Tracking of the camera excludes the groups' pixels (:meth:`MotionGroups.exclusio
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,11 +42,13 @@ from ..config import PosegsConfig
 from .detection import (
     GroupMotionHistory,
     MotionSegmenter,
+    MotionRegion,
     boundary_contrast,
     flow_disagreement,
     motion_from_flowed_pixels,
     motion_from_region_flow,
     region_depth_fill,
+    residual_change,
     static_flow_fields,
     texture_mask,
     warp_mask,
@@ -118,6 +122,7 @@ class DirectMapAccess:
 EXCLUSION_MARGIN_PX = 4  # about half a moving object's blur plus the flow's smear around it
 BORDER_PX = 3  # a mask this close to the image border may belong to an object leaving the view
 COAST_FRAMES = 10  # a group that left the view keeps its velocity this many frames, then stops
+MIN_RESIDUAL_PIXELS = 20  # valid pixels a region needs for its median flow residual to enter its history
 
 
 def touches_border(mask: np.ndarray, px: int = BORDER_PX) -> bool:
@@ -248,6 +253,8 @@ class MotionGroups:
         self._prev: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # image, pose, depth, alpha
         self._last_flow: np.ndarray | None = None
         self._mask: np.ndarray | None = None
+        # region id -> its median flow residual [2] over its last dynamic.residual_frames observed frames
+        self._residuals: dict[int, deque[np.ndarray]] = {}
 
     # ----------------------------------------------------------------- queries
     def poses(self) -> dict[int, np.ndarray]:
@@ -308,6 +315,7 @@ class MotionGroups:
         regions = self.segmenter.update(candidates, self._last_flow)
         self._last_flow = flow
         confirmed = [r for r in regions if r.confirmed]
+        self._record_residuals(regions, flow, static, valid)
         linked = {grp.region_id: grp for grp in self.groups.values()}
         mask = np.zeros(image.shape[:2], bool)
         tracked: dict[int, GroupTrack] = {}
@@ -325,6 +333,11 @@ class MotionGroups:
                 if contrast < self.cfg.dynamic.min_boundary_contrast:
                     log.debug("region %d: residual contrast %.2f at its border: a smooth error field, no group",
                               region.id, contrast)
+                    continue
+                change = residual_change(list(self._residuals.get(region.id, ())))
+                if change > self.cfg.dynamic.max_residual_change:
+                    log.debug("region %d: its flow residual changed by %.2f between frames: jitter, no group (yet)",
+                              region.id, change)
                     continue
                 grp = self._spawn(region.mask, image_prev, pose_prev, depth_prev, intrinsics, world)
                 if grp is None:
@@ -363,6 +376,25 @@ class MotionGroups:
                 obs.merged.append(g)
         obs.mask = mask if mask.any() else None
         return self._finish(obs)
+
+    def _record_residuals(self, regions: list[MotionRegion], flow: np.ndarray, static: np.ndarray,
+                          valid: np.ndarray) -> None:
+        """Append each observed region's median flow residual ``flow - static`` over its valid
+        pixels to its history (:func:`~posegs_ros.dynamic.detection.residual_change`); forget
+        regions that are gone."""
+        live = {r.id for r in regions}
+        for rid in [rid for rid in self._residuals if rid not in live]:
+            del self._residuals[rid]
+        for region in regions:
+            if not region.observed:
+                continue
+            ys, xs = np.nonzero(region.mask & valid)
+            diff = flow[ys, xs] - static[ys, xs]
+            diff = diff[np.isfinite(diff).all(axis=1)]
+            if len(diff) < MIN_RESIDUAL_PIXELS:
+                continue
+            history = self._residuals.setdefault(region.id, deque(maxlen=self.cfg.dynamic.residual_frames))
+            history.append(np.median(diff, axis=0))
 
     def _finish(self, obs: GroupObservation) -> GroupObservation:
         obs.poses, obs.twists = self.poses(), self.twists()
@@ -528,3 +560,4 @@ class MotionGroups:
         self._prev = None
         self._last_flow = None
         self._mask = None
+        self._residuals.clear()
