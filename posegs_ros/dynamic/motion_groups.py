@@ -15,8 +15,8 @@ Per tracked frame (after the camera pose is solved):
    (:func:`posegs_ros.dynamic.detection.boundary_contrast`; a smooth residual field is a camera or
    depth error) and stayed steady over its last frames
    (:func:`posegs_ros.dynamic.detection.residual_change`; camera jitter flips it): Gaussians
-   lifted from the previous frame with a depth filled from the region's surroundings (monocular: the only depth available for a
-   new moving object), static Gaussians in front of the background inside the region (the object
+   lifted from the previous frame with a depth filled from the region's surroundings
+   (monocular: the only depth available for a new moving object), static Gaussians in front of the background inside the region (the object
    mapped as static before it was detected) are removed;
 4. each group's motion since the previous frame is solved from the region's flow
    (:func:`posegs_ros.dynamic.detection.motion_from_region_flow`); a group that stops moving merges back
