@@ -16,8 +16,9 @@ Per tracked frame (after the camera pose is solved):
    depth error) and stayed steady over its last frames
    (:func:`posegs_ros.dynamic.detection.residual_change`; camera jitter flips it): Gaussians
    lifted from the previous frame with a depth filled from the region's surroundings
-   (monocular: the only depth available for a new moving object), static Gaussians in front of the background inside the region (the object
-   mapped as static before it was detected) are removed;
+   (monocular: the only depth available for a new moving object), static Gaussians in front of
+   the background inside the region (the object mapped as static before it was detected) are
+   removed;
 4. each group's motion since the previous frame is solved from the region's flow
    (:func:`posegs_ros.dynamic.detection.motion_from_region_flow`); a group that stops moving merges back
    into the static map.
@@ -315,8 +316,8 @@ class MotionGroups:
         regions = self.segmenter.update(candidates, self._last_flow)
         self._last_flow = flow
         confirmed = [r for r in regions if r.confirmed]
-        self._record_residuals(regions, flow, static, valid)
         linked = {grp.region_id: grp for grp in self.groups.values()}
+        self._record_residuals([r for r in regions if r.id not in linked], flow, static, valid)
         mask = np.zeros(image.shape[:2], bool)
         tracked: dict[int, GroupTrack] = {}
         if settings is not None and self.cfg.dynamic.track_groups:
@@ -381,7 +382,8 @@ class MotionGroups:
                           valid: np.ndarray) -> None:
         """Append each observed region's median flow residual ``flow - static`` over its valid
         pixels to its history (:func:`~posegs_ros.dynamic.detection.residual_change`); forget
-        regions that are gone."""
+        the rest. ``regions``: those that may still spawn a group (none linked to one: their
+        history is never read again)."""
         live = {r.id for r in regions}
         for rid in [rid for rid in self._residuals if rid not in live]:
             del self._residuals[rid]
