@@ -310,7 +310,6 @@ class MotionGroups:
         inside, static, flow_residual = static_flow_fields(flow, depth_prev, k, pose_prev, pose,
                                                            self.cfg.dynamic.depth_slack)
         valid = inside & (alpha_prev > 0.7)
-        residual: np.ndarray | None = None  # |flow - static| [H, W], for the border test of a new region
         candidates = flow_disagreement(flow, static, self.cfg.dynamic.flow_threshold_px, valid=valid,
                                        textured=texture_mask(image_prev), residual=flow_residual)
         regions = self.segmenter.update(candidates, self._last_flow)
@@ -328,9 +327,7 @@ class MotionGroups:
             if grp is None:
                 if sum(not g.parked for g in self.groups.values()) >= self.cfg.dynamic.max_groups:
                     continue
-                if residual is None:
-                    residual = np.linalg.norm(flow - static, axis=-1)
-                contrast = boundary_contrast(residual, region.mask, valid)
+                contrast = boundary_contrast(flow_residual, region.mask, valid)
                 if contrast < self.cfg.dynamic.min_boundary_contrast:
                     log.debug("region %d: residual contrast %.2f at its border: a smooth error field, no group",
                               region.id, contrast)
