@@ -82,6 +82,12 @@ class InitConfig:
                               "(tracked backward from the first keyframe); older ones stay without a pose, counted "
                               "(bounds the images held while waiting)")
     baseline: float = _f(0.1, "length given to the first baseline (map units): fixes the arbitrary monocular scale")
+    retriangulate_baseline: float = _f(
+        1.8, "re-triangulate the first map once a keyframe's baseline to keyframe 0 reaches this multiple of the "
+        "initial one: the surface keyframe 0 sees moves along its rays to the depth triangulated between the two "
+        "(flow both ways within 1 px; a keyframe whose flow does not come back over half the image, e.g. strongly "
+        "blurred, passes the turn to the next). Two-view depth from the short initial baseline is the least "
+        "accurate in the map and neither tracking nor the window rounds correct it (0 = off)")
     seed_points: int = _f(8000, "Gaussians seeded from triangulated + interpolated depth")
     mapping_rounds: int = _f(2, "mapping rounds (three stages each) on the two initial keyframes")
     moving_region_px: int = _f(
@@ -89,6 +95,8 @@ class InitConfig:
         "inconsistent, or off its epipolar line) that is left out of the first keyframes' loss as moving (0 = off)")
 
     def __post_init__(self) -> None:
+        if self.retriangulate_baseline < 0:
+            raise ConfigError(f"init.retriangulate_baseline must be >= 0, got {self.retriangulate_baseline}")
         if not 0.0 <= self.sharpness_ratio <= 1.0 or self.sharpness_window < 1:
             raise ConfigError(f"init: need 0 <= sharpness_ratio <= 1 and sharpness_window >= 1, got "
                               f"{self.sharpness_ratio}, {self.sharpness_window}")

@@ -26,6 +26,7 @@ import os
 import threading
 import time
 import traceback
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,7 +39,7 @@ from ..render._threads import set_thread_budget
 from ..scene.gaussians import GaussianMap
 from ..scene.keyframes import Keyframe, add_to_window, choose_replay
 from ..scene.snapshot import MapEdit, MapSnapshot, MapStore
-from ..tracking.flow import DenseFlow, flow_consistency
+from ..tracking.flow import DenseFlow, forward_backward_error
 from ..tracking.initialization import grid_samples, triangulate
 from .mapper import Mapper, MappingStats, RoundControl
 
@@ -49,6 +50,15 @@ log = logging.getLogger(__name__)
 # mapping.defer_new_content: largest forward-backward flow mismatch (px) of a pixel triangulated
 # between two keyframes
 TRIANGULATION_FB_PX = 1.0
+# init.retriangulate_baseline: the flow from keyframe 0 to the keyframe chosen must come back in at least this
+# fraction of keyframe 0's samples (a strongly blurred keyframe does not: the next one is tried) ...
+RETRIANGULATION_MIN_CONSISTENT = 0.5
+# ... before the baseline grows past this multiple of the trigger (flow that far is unreliable: given up)
+RETRIANGULATION_GIVE_UP = 2.0
+# ... and a sample's depth counts only with a baseline above this fraction of it; its depth is the median over
+# this many samples across (2 px apart)
+RETRIANGULATION_MIN_PARALLAX = 0.03
+RETRIANGULATION_MEDIAN = 5
 
 
 @dataclass
@@ -61,6 +71,7 @@ class BackendStats:
     steps: int = 0  # optimization steps
     skipped_steps: int = 0  # non-finite losses / gradients not applied
     edits: int = 0
+    retriangulated: int = 0  # Gaussians of the first map moved to a wider-baseline depth (init.retriangulate_baseline)
     errors: int = 0  # exceptions caught in the mapping thread (logged; the map is kept)
     busy_seconds: float = 0.0  # time spent working (not waiting)
 
@@ -94,6 +105,7 @@ class MappingBackend:
         self._twists: dict[int, np.ndarray] = {}
         self._exposures: dict[int, np.ndarray] = {}  # [2] affine exposure of each keyframe
         self._moving: set[int] = set()  # keyframes whose pose the running round optimizes
+        self._first_map_settled = False  # init.retriangulate_baseline done or given up
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[Keyframe | Callable[[], Any]] = deque()
         self._stop = False
@@ -237,7 +249,49 @@ class MappingBackend:
         self.stats.keyframes += 1
         with self._cond:
             self._idle_left = self.cfg.mapping.idle_rounds  # refine the window for a while after each keyframe
-        return self._triangulated_depth(previous, kf) if previous is not None else None
+        self._retriangulate_first_map(kf)
+        if previous is None:
+            return None
+        return self._triangulated_depth(previous, kf, consistent_only=self.cfg.mapping.defer_new_content)
+
+    def _retriangulate_first_map(self, newest: Keyframe) -> None:
+        """``init.retriangulate_baseline``: once ``newest`` is far enough from keyframe 0, move the
+        surface keyframe 0 sees to the depth triangulated between the two (the first map's depth
+        comes from the short initial baseline; tracking and the window rounds keep its errors)."""
+        factor = self.cfg.init.retriangulate_baseline
+        if self._first_map_settled or factor <= 0 or len(self.keyframes) < 3:
+            return
+        kf0, kf1 = self.keyframes[0], self.keyframes[1]
+        origin = kf0.numpy_pose()[:3, 3]
+        initial = float(np.linalg.norm(kf1.numpy_pose()[:3, 3] - origin))
+        ratio = float(np.linalg.norm(newest.numpy_pose()[:3, 3] - origin)) / max(initial, 1e-12)
+        if ratio < factor:
+            return
+        if ratio > RETRIANGULATION_GIVE_UP * factor:
+            self._first_map_settled = True
+            log.info("first map not re-triangulated: no keyframe up to %.1fx the initial baseline matched keyframe 0",
+                     ratio)
+            return
+        stride = 2
+        px, z, fb, base = self._triangulate_samples(newest, kf0, stride, fb_error=True)
+        consistent = fb < TRIANGULATION_FB_PX
+        ok = consistent & np.isfinite(z) & (base / np.where(np.isfinite(z), z, np.inf) > RETRIANGULATION_MIN_PARALLAX)
+        if ok.sum() < 50 or consistent.mean() < RETRIANGULATION_MIN_CONSISTENT:
+            log.info("first map: keyframe %d (%.1fx the initial baseline) gives keyframe 0 too little depth (flow "
+                     "back within %g px: %.0f %%); trying the next", len(self.keyframes) - 1, ratio,
+                     TRIANGULATION_FB_PX, 100 * consistent.mean())
+            return
+        # two-view depth carries the flow's noise (~1-2 % at this baseline on real frames): take each
+        # sample's median with its neighbours' (log depth, RETRIANGULATION_MEDIAN samples across)
+        columns = len(np.unique(px[:, 0]))
+        log_z = np.where(ok, np.log(np.where(ok, z, 1.0)), np.nan).reshape(-1, columns)
+        smooth = np.exp(_nan_median_filter(log_z, RETRIANGULATION_MEDIAN).ravel())
+        depth = _splat(px[ok], smooth[ok], stride, kf0.image.shape[:2])
+        moved = self.mapper.move_surface_to_depth(kf0, depth)
+        self._first_map_settled = True
+        self.stats.retriangulated = moved
+        log.info("first map re-triangulated against keyframe %d (%.1fx the initial baseline): %d of %d Gaussians "
+                 "moved", len(self.keyframes) - 1, ratio, moved, len(self.gmap))
 
     def _round(self, newest: Keyframe | None, fallback: np.ndarray | None) -> MappingStats:
         """One window round (densify ``newest`` first); concurrently, arrivals join it."""
@@ -282,35 +336,38 @@ class MappingBackend:
         self.stats.busy_seconds += now - self._busy_mark
         self._busy_mark = now
 
-    def _triangulated_depth(self, a: Keyframe, b: Keyframe) -> np.ndarray | None:
-        """Dense depth ``[H, W]`` of keyframe ``b`` triangulated from flow to keyframe ``a``."""
+    def _triangulate_samples(self, a: Keyframe, b: Keyframe, stride: int, fb_error: bool
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        """Keyframe ``b``'s grid samples ``[M, 2]`` (every ``stride`` px), their depths ``[M]`` in ``b``
+        triangulated from the flow to keyframe ``a`` (NaN if not in front), the flow's
+        forward-backward error ``[M]`` (px, NaN where it leaves the image; only if ``fb_error``) and
+        the baseline."""
         img_a = (a.image.numpy() * 255).astype(np.uint8)
         img_b = (b.image.numpy() * 255).astype(np.uint8)
         flow = self.flow(img_b, img_a)
         h, w = flow.shape[:2]
-        px = grid_samples(w, h, stride=4)
-        fl = flow[px[:, 1].astype(int), px[:, 0].astype(int)].astype(np.float64)
-        pa = px + fl
-        seen = np.ones(len(px), bool)
-        if self.cfg.mapping.defer_new_content:
-            # forward-backward check: content that ``a`` did not see (it entered ``b`` at the border
-            # or was hidden) has a flow that does not come back, and a depth that means nothing
-            consistent = flow_consistency(flow, self.flow(img_a, img_b), threshold_px=TRIANGULATION_FB_PX)
-            seen = consistent[px[:, 1].astype(int), px[:, 0].astype(int)]
-        k = b.intrinsics.numpy()
-        pts = triangulate(k, b.numpy_pose(), a.numpy_pose(), px, pa)
+        px = grid_samples(w, h, stride=stride)
+        ui, vi = px[:, 0].astype(int), px[:, 1].astype(int)
+        fb = forward_backward_error(flow, self.flow(img_a, img_b))[vi, ui] if fb_error else None
         pose_b = b.numpy_pose()
+        pts = triangulate(b.intrinsics.numpy(), pose_b, a.numpy_pose(), px, px + flow[vi, ui].astype(np.float64))
         z = ((pts - pose_b[:3, 3]) @ pose_b[:3, :3])[:, 2]
-        base = np.linalg.norm(pose_b[:3, 3] - a.numpy_pose()[:3, 3])
-        ok = np.isfinite(z) & (z > 0) & (base / np.maximum(z, 1e-9) > 0.01) & seen
+        z = np.where(np.isfinite(z) & (z > 0), z, np.nan)
+        return px, z, fb, float(np.linalg.norm(pose_b[:3, 3] - a.numpy_pose()[:3, 3]))
+
+    def _triangulated_depth(self, a: Keyframe, b: Keyframe, consistent_only: bool = False) -> np.ndarray | None:
+        """Dense depth ``[H, W]`` of keyframe ``b`` triangulated from flow to keyframe ``a``, None if
+        under 50 samples; with ``consistent_only`` only where the flow comes back within
+        ``TRIANGULATION_FB_PX`` (content ``a`` did not see, hidden or outside its view, has a flow
+        that does not come back)."""
+        stride = 4
+        px, z, fb, base = self._triangulate_samples(a, b, stride, fb_error=consistent_only)
+        ok = np.isfinite(z) & (base / np.where(np.isfinite(z), z, np.inf) > 0.01)
+        if fb is not None:
+            ok &= fb < TRIANGULATION_FB_PX
         if ok.sum() < 50:
             return None
-        depth = np.full((h, w), np.nan, np.float32)
-        # splat each sample's depth onto its stride x stride cell (nearest-sample upsampling)
-        s = 4
-        for (u, v), d in zip(px[ok].astype(int), z[ok]):
-            depth[max(v - s // 2, 0) : v + s - s // 2, max(u - s // 2, 0) : u + s - s // 2] = d
-        return depth
+        return _splat(px[ok], z[ok], stride, b.image.shape[:2])
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
@@ -351,3 +408,23 @@ class MappingBackend:
                 log.error("mapping: %s: %s\n%s", type(err).__name__, err, traceback.format_exc())
             finally:
                 self._count_busy()
+
+
+def _splat(px: np.ndarray, values: np.ndarray, stride: int, shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` float32 NaN image with each sample's value ``[M]`` on its ``stride`` x ``stride``
+    cell around the pixel ``px`` ``[M, 2]`` (nearest-sample upsampling)."""
+    out = np.full(shape, np.nan, np.float32)
+    lo = stride // 2
+    for (u, v), d in zip(px.astype(int), values):
+        out[max(v - lo, 0) : v + stride - lo, max(u - lo, 0) : u + stride - lo] = d
+    return out
+
+
+def _nan_median_filter(grid: np.ndarray, size: int) -> np.ndarray:
+    """Median of the finite values of ``grid`` ``[R, C]`` in a ``size`` x ``size`` window around
+    each cell, ``[R, C]``; NaN where the window holds none."""
+    r = size // 2
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(grid, r, constant_values=np.nan), (size, size))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows
+        return np.nanmedian(windows.reshape(*grid.shape, size * size), axis=-1)

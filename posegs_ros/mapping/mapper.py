@@ -487,6 +487,45 @@ class Mapper:
         return render_views(scene, kf.current_pose().detach()[None], k, self.render_settings(kf))
 
     @torch.no_grad()
+    def move_surface_to_depth(self, kf: Keyframe, depth: np.ndarray, surface_band: float = 0.2,
+                              max_change: float = 0.5) -> int:
+        """Move the static surface ``kf`` sees along its rays to ``depth`` ``[H, W]`` (NaN: no estimate).
+
+        A static Gaussian is on that surface if its depth in ``kf`` is within ``surface_band``
+        (absolute log ratio) of the rendered depth at its pixel; it moves by the ratio of ``depth``
+        to the rendered depth there (so the surface's own thickness is kept), if that ratio is
+        within ``max_change`` in log, and its scales grow or shrink with it. Returns how many moved.
+        """
+        out = self.render_sharp(kf)
+        alpha = out.alpha[0, ..., 0].numpy()
+        rendered = np.where(alpha > 0.5, out.depth[0, ..., 0].numpy(), np.nan)
+        h, w = rendered.shape
+        pose = torch.from_numpy(kf.numpy_pose())
+        rot, t = pose[:3, :3], pose[:3, 3]
+        cam = (self.gmap.means.detach().double() - t) @ rot  # [N, 3] in the keyframe's frame
+        k = kf.intrinsics
+        z = cam[:, 2]
+        safe = z.clamp_min(1e-9)
+        u = (cam[:, 0] / safe * k.fx + k.cx).round().long()
+        v = (cam[:, 1] / safe * k.fy + k.cy).round().long()
+        inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & (self.gmap.group_ids == 0)
+        idx = inside.nonzero()[:, 0]
+        ui, vi = u[idx].numpy(), v[idx].numpy()
+        at_surface = torch.from_numpy(rendered[vi, ui])
+        target = torch.from_numpy(depth[vi, ui].astype(np.float64))
+        ratio = target / at_surface
+        move = (torch.isfinite(ratio) & ((z[idx] / at_surface).log().abs() < surface_band)
+                & (ratio.log().abs() < max_change))
+        idx, ratio = idx[move], ratio[move]
+        if len(idx) == 0:
+            return 0
+        moved = t + (cam[idx] * ratio[:, None]) @ rot.T
+        means, scales = self.gmap.params["means"], self.gmap.params["scales"]
+        means.data[idx] = moved.to(means.dtype)
+        scales.data[idx] += ratio.log()[:, None].to(scales.dtype)  # log scales
+        return int(len(idx))
+
+    @torch.no_grad()
     def densify(
         self,
         kf: Keyframe,

@@ -201,8 +201,8 @@ def robust_flow_threshold(residual_norm: np.ndarray, threshold_px: float, k_sigm
     return max(float(threshold_px), k_sigma * float(np.median(r)) / _RAYLEIGH_MEDIAN)
 
 
-def flow_consistency(forward: np.ndarray, backward: np.ndarray, threshold_px: float = 1.0) -> np.ndarray:
-    """Forward-backward check ``[H, W]`` bool: ``forward(u) + backward(u + forward(u)) ~ 0``."""
+def forward_backward_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """``|forward(u) + backward(u + forward(u))|`` ``[H, W]`` in pixels; NaN where the flow leaves the image."""
     h, w = forward.shape[:2]
     grid_u, grid_v = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     map_u = grid_u + forward[..., 0]
@@ -210,7 +210,12 @@ def flow_consistency(forward: np.ndarray, backward: np.ndarray, threshold_px: fl
     back = cv2.remap(backward, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
     err = np.linalg.norm(forward + back, axis=-1)
     inside = (map_u >= 0) & (map_u <= w - 1) & (map_v >= 0) & (map_v <= h - 1)
-    return inside & (err < threshold_px)
+    return np.where(inside, err, np.nan)
+
+
+def flow_consistency(forward: np.ndarray, backward: np.ndarray, threshold_px: float = 1.0) -> np.ndarray:
+    """Forward-backward check ``[H, W]`` bool: ``forward(u) + backward(u + forward(u)) ~ 0``."""
+    return forward_backward_error(forward, backward) < threshold_px
 
 
 def bilinear_sample(image: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:

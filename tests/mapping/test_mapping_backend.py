@@ -27,8 +27,10 @@ def keyframe(frame, intrinsics, scale: float, fixed: bool = False) -> Keyframe:
                     fixed=fixed, unit=twist_units(scale))
 
 
-def start(seq, concurrent: bool, **overrides) -> MappingBackend:
-    """A back end seeded from frame 0 (true depth) with keyframes 0 and 4."""
+def start(seq, concurrent: bool, second: int = 4, depth_factor: np.ndarray | None = None,
+          **overrides) -> MappingBackend:
+    """A back end seeded from frame 0 (true depth, times ``depth_factor`` ``[H, W]`` if given) with
+    keyframes 0 and ``second``."""
     cfg = apply_flat(PosegsConfig(), {"blur.subframes": 3, "init.mapping_rounds": 1, "mapping.idle_rounds": 0,
                                       "mapping.gaussian_iters": 4, "mapping.pose_iters": 2, "mapping.joint_iters": 2,
                                       **overrides})
@@ -38,8 +40,9 @@ def start(seq, concurrent: bool, **overrides) -> MappingBackend:
     h, w = f0.depth.shape
     vs, us = np.mgrid[0:h:3, 0:w:3]
     pixels = np.stack([us.ravel(), vs.ravel()], 1).astype(float)
-    backend.seed(keyframe(f0, seq.intrinsics, scale, fixed=True), keyframe(seq.frames[4], seq.intrinsics, scale),
-                 pixels, f0.depth[vs.ravel(), us.ravel()].astype(float), 3.0, scale)
+    depth = f0.depth if depth_factor is None else f0.depth * depth_factor
+    backend.seed(keyframe(f0, seq.intrinsics, scale, fixed=True), keyframe(seq.frames[second], seq.intrinsics, scale),
+                 pixels, depth[vs.ravel(), us.ravel()].astype(float), 3.0, scale)
     return backend
 
 
@@ -171,7 +174,7 @@ def test_triangulated_depth_keeps_only_content_both_keyframes_saw(small_sequence
     in_a = _true_pixels_in(seq, 8, 0)
     outside = (in_a[..., 0] < 0) | (in_a[..., 0] > w - 1) | (in_a[..., 1] < 0) | (in_a[..., 1] > h - 1)
     assert outside.mean() > 0.05  # part of frame 8 was never in frame 0's view
-    depth = backend._triangulated_depth(a, b)
+    depth = backend._triangulated_depth(a, b, consistent_only=True)
     ok = np.isfinite(depth)
     assert ok[~outside].mean() > 0.7
     assert np.median(np.abs(depth[ok & ~outside] / truth[ok & ~outside] - 1)) < 0.1
@@ -191,8 +194,61 @@ def test_triangulated_depth_keeps_only_content_both_keyframes_saw(small_sequence
         return flow
 
     backend.flow = disagreeing
-    depth_fb = backend._triangulated_depth(a, b)
+    depth_fb = backend._triangulated_depth(a, b, consistent_only=True)
     patch = np.zeros((h, w), bool)
     patch[34:58, 44:76] = True  # inside the region that lands in the patch, away from its edges
     assert ok[patch].mean() > 0.9 and np.isfinite(depth_fb[patch]).mean() < 0.1
     assert np.isfinite(depth_fb[~outside & ~patch]).mean() > 0.6
+
+
+def _depth_error_in(backend: MappingBackend, frame, columns: slice) -> float:
+    """Median absolute log error of the depth of the Gaussians ``frame`` sees in ``columns``."""
+    pose = torch.from_numpy(frame.pose)
+    cam = (backend.gmap.means.detach().double() - pose[:3, 3]) @ pose[:3, :3]
+    k = backend.keyframes[0].intrinsics
+    h, w = frame.depth.shape
+    u = (cam[:, 0] / cam[:, 2] * k.fx + k.cx).round().long()
+    v = (cam[:, 1] / cam[:, 2] * k.fy + k.cy).round().long()
+    inside = (cam[:, 2] > 0) & (u >= max(columns.start, 0)) & (u < min(columns.stop, w)) & (v >= 0) & (v < h)
+    truth = torch.from_numpy(frame.depth.astype(np.float64))[v[inside], u[inside]]
+    return float((cam[inside, 2] / truth).log().abs().median())
+
+
+def test_the_first_map_takes_the_depth_of_the_first_keyframe_far_enough_that_matches(small_sequence) -> None:
+    """``init.retriangulate_baseline``: a first map 30 % too deep on one half is re-triangulated at
+    the first keyframe twice the initial baseline away whose flow comes back -- not earlier, not
+    from a keyframe whose image does not match (it passes the turn to the next), and once."""
+    seq = small_sequence
+    h, w = seq.frames[0].depth.shape
+    wrong = np.ones((h, w))
+    wrong[:, w // 2 :] = 1.3
+    backend = start(seq, concurrent=False, second=8, depth_factor=wrong, **{"init.retriangulate_baseline": 2.0})
+    scale = backend.scene_scale
+    assert _depth_error_in(backend, seq.frames[0], slice(w // 2, w)) > 0.25
+    backend.submit(keyframe(seq.frames[12], seq.intrinsics, scale))  # 1.5x the initial baseline: too short
+    assert backend.stats.retriangulated == 0 and not backend._first_map_settled
+    noise = keyframe(seq.frames[18], seq.intrinsics, scale)  # 2.2x, but its image is not the scene
+    noise.image = torch.from_numpy(np.random.default_rng(0).random((h, w, 3))).float()
+    backend.submit(noise)
+    assert backend.stats.retriangulated == 0 and not backend._first_map_settled
+    backend.submit(keyframe(seq.frames[19], seq.intrinsics, scale))
+    moved = backend.stats.retriangulated
+    assert moved > 0.5 * len(backend.gmap)
+    assert _depth_error_in(backend, seq.frames[0], slice(w // 2, w)) < 0.065  # the wrong half is (nearly) right
+    assert _depth_error_in(backend, seq.frames[0], slice(0, w // 2)) < 0.03  # the right one stays about so
+    assert backend.store.latest().stats["retriangulated"] == moved  # published
+    means = backend.gmap.means.detach().clone()
+    backend.keyframes.append(keyframe(seq.frames[21], seq.intrinsics, scale))
+    backend._retriangulate_first_map(backend.keyframes[-1])
+    assert torch.equal(backend.gmap.means.detach(), means) and backend.stats.retriangulated == moved  # once
+
+
+def test_the_median_filter_drops_a_lone_outlier_and_leaves_wide_gaps_empty() -> None:
+    from posegs_ros.mapping.backend import _nan_median_filter
+
+    grid = np.full((9, 12), 2.0)
+    grid[4, 4] = 50.0  # one wild sample
+    grid[:, 7:] = np.nan  # no samples here
+    out = _nan_median_filter(grid, 5)
+    assert np.all(out[:, :9] == 2.0)  # the outlier is gone; the gap's first two columns see samples
+    assert np.all(np.isnan(out[:, 9:]))  # further in, nothing to take a median of

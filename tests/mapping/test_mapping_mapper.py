@@ -316,3 +316,41 @@ def test_window_rounds_move_means_at_their_factor_and_the_final_refinement_at_th
     assert moved[0.1] < 0.15 * moved[1.0]
     assert final_step > 0.5 * moved[1.0]  # the final refinement is not slowed
 
+
+
+def test_the_visible_surface_moves_to_a_new_depth_and_hidden_or_moving_gaussians_stay(small_sequence) -> None:
+    """``move_surface_to_depth``: the surface the keyframe sees scales along its rays (Gaussians and
+    their sizes); what lies behind it, what moves with a group and what the depth leaves out stays."""
+    seq = small_sequence
+    gmap, mapper, kf = seeded(seq, PosegsConfig())
+    f0 = seq.frames[0]
+    h, w = f0.depth.shape
+    surface = len(gmap)
+    # a hidden layer far behind the surface, and a motion group's Gaussians on it
+    vs, us = np.mgrid[2:h:8, 2:w:8]
+    px = np.stack([us.ravel(), vs.ravel()], 1).astype(float)
+    mapper.add_from_depth(kf, px, 2.0 * f0.depth[vs.ravel(), us.ravel()].astype(float), stride=2.0)
+    gmap.add(gmap.means.detach()[:50].clone(), torch.full((50, 3), 0.5), torch.full((50,), 0.01), group_ids=1)
+    before_means, before_scales = gmap.means.detach().clone(), gmap.log_scales.detach().clone()
+    depth = 1.2 * f0.depth.astype(np.float64)
+    depth[:, : w // 4] = np.nan  # no estimate on the left quarter
+    moved = mapper.move_surface_to_depth(kf, depth)
+    pose = torch.from_numpy(f0.pose)
+    z_before = ((before_means.double() - pose[:3, 3]) @ pose[:3, :3])[:, 2]
+    z_after = ((gmap.means.detach().double() - pose[:3, 3]) @ pose[:3, :3])[:, 2]
+    ratio = z_after / z_before
+    changed = (gmap.means.detach() != before_means).any(1)
+    k = seq.intrinsics
+    u = (((before_means.double() - pose[:3, 3]) @ pose[:3, :3])[:, 0] / z_before * k.fx + k.cx)
+    left = u < w // 4 - 1
+    assert moved == int(changed.sum())
+    assert changed[:surface][~left[:surface]].float().mean() > 0.8  # the surface where a depth exists ...
+    assert not changed[:surface][left[:surface]].any()  # ... and only there
+    off = (ratio[changed] - 1.2).abs()
+    assert off.median() < 0.02 and off.quantile(0.9) < 0.06  # at depth edges the rendered depth blends
+    # rays kept: the pixel a moved Gaussian projects to does not change
+    u_after = ((gmap.means.detach().double() - pose[:3, 3]) @ pose[:3, :3])[:, 0] / z_after * k.fx + k.cx
+    assert torch.allclose(u_after[changed], u[changed], atol=1e-3)
+    growth = (gmap.log_scales.detach() - before_scales)[changed]
+    assert torch.allclose(growth, ratio[changed].log()[:, None].float().expand_as(growth), atol=1e-4)
+    assert not changed[surface:].any()  # the hidden layer and the group's Gaussians stay
