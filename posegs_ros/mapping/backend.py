@@ -273,9 +273,10 @@ class MappingBackend:
                      ratio)
             return
         stride = 2
-        px, z, fb, base = self._triangulate_samples(newest, kf0, stride, fb_error=True)
+        px, z, fb = self._triangulate_samples(newest, kf0, stride, fb_error=True,
+                                              min_parallax=RETRIANGULATION_MIN_PARALLAX)
         consistent = fb < TRIANGULATION_FB_PX
-        ok = consistent & np.isfinite(z) & (base / np.where(np.isfinite(z), z, np.inf) > RETRIANGULATION_MIN_PARALLAX)
+        ok = consistent & np.isfinite(z)
         if ok.sum() < 50 or consistent.mean() < RETRIANGULATION_MIN_CONSISTENT:
             log.info("first map: keyframe %d (%.1fx the initial baseline) gives keyframe 0 too little depth (flow "
                      "back within %g px: %.0f %%); trying the next", len(self.keyframes) - 1, ratio,
@@ -336,12 +337,12 @@ class MappingBackend:
         self.stats.busy_seconds += now - self._busy_mark
         self._busy_mark = now
 
-    def _triangulate_samples(self, a: Keyframe, b: Keyframe, stride: int, fb_error: bool
-                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+    def _triangulate_samples(self, a: Keyframe, b: Keyframe, stride: int, fb_error: bool, min_parallax: float
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Keyframe ``b``'s grid samples ``[M, 2]`` (every ``stride`` px), their depths ``[M]`` in ``b``
-        triangulated from the flow to keyframe ``a`` (NaN if not in front), the flow's
-        forward-backward error ``[M]`` (px, NaN where it leaves the image; only if ``fb_error``) and
-        the baseline."""
+        triangulated from the flow to keyframe ``a`` (NaN if not in front or if the baseline is not
+        above ``min_parallax`` of the depth) and the flow's forward-backward error ``[M]`` (px, NaN
+        where it leaves the image; only if ``fb_error``)."""
         img_a = (a.image.numpy() * 255).astype(np.uint8)
         img_b = (b.image.numpy() * 255).astype(np.uint8)
         flow = self.flow(img_b, img_a)
@@ -352,8 +353,10 @@ class MappingBackend:
         pose_b = b.numpy_pose()
         pts = triangulate(b.intrinsics.numpy(), pose_b, a.numpy_pose(), px, px + flow[vi, ui].astype(np.float64))
         z = ((pts - pose_b[:3, 3]) @ pose_b[:3, :3])[:, 2]
-        z = np.where(np.isfinite(z) & (z > 0), z, np.nan)
-        return px, z, fb, float(np.linalg.norm(pose_b[:3, 3] - a.numpy_pose()[:3, 3]))
+        base = np.linalg.norm(pose_b[:3, 3] - a.numpy_pose()[:3, 3])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.where(np.isfinite(z) & (z > 0) & (base / z > min_parallax), z, np.nan)
+        return px, z, fb
 
     def _triangulated_depth(self, a: Keyframe, b: Keyframe, consistent_only: bool = False) -> np.ndarray | None:
         """Dense depth ``[H, W]`` of keyframe ``b`` triangulated from flow to keyframe ``a``, None if
@@ -361,8 +364,8 @@ class MappingBackend:
         ``TRIANGULATION_FB_PX`` (content ``a`` did not see, hidden or outside its view, has a flow
         that does not come back)."""
         stride = 4
-        px, z, fb, base = self._triangulate_samples(a, b, stride, fb_error=consistent_only)
-        ok = np.isfinite(z) & (base / np.where(np.isfinite(z), z, np.inf) > 0.01)
+        px, z, fb = self._triangulate_samples(a, b, stride, fb_error=consistent_only, min_parallax=0.01)
+        ok = np.isfinite(z)
         if fb is not None:
             ok &= fb < TRIANGULATION_FB_PX
         if ok.sum() < 50:

@@ -25,9 +25,9 @@ from ..scene.blur import (
     RenderOutput, RenderSettings, SceneTensors, exposure_subframes, group_subset, move_groups, photometric_loss,
     render_exposure, render_views,
 )
-from ..camera import unproject
+from ..camera import project, unproject
 from ..config import PosegsConfig
-from ..geometry import quat_to_rotmat
+from ..geometry import quat_to_rotmat, se3_inverse, transform_points
 from ..scene.gaussians import GaussianMap
 from ..scene.keyframes import Keyframe
 
@@ -501,13 +501,9 @@ class Mapper:
         rendered = np.where(alpha > 0.5, out.depth[0, ..., 0].numpy(), np.nan)
         h, w = rendered.shape
         pose = torch.from_numpy(kf.numpy_pose())
-        rot, t = pose[:3, :3], pose[:3, 3]
-        cam = (self.gmap.means.detach().double() - t) @ rot  # [N, 3] in the keyframe's frame
-        k = kf.intrinsics
-        z = cam[:, 2]
-        safe = z.clamp_min(1e-9)
-        u = (cam[:, 0] / safe * k.fx + k.cx).round().long()
-        v = (cam[:, 1] / safe * k.fy + k.cy).round().long()
+        cam = transform_points(se3_inverse(pose), self.gmap.means.detach().double())  # [N, 3] in the keyframe's frame
+        uv, z = project(cam, kf.intrinsics.matrix(torch.float64))
+        u, v = uv.round().long().unbind(-1)
         inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & (self.gmap.group_ids == 0)
         idx = inside.nonzero()[:, 0]
         ui, vi = u[idx].numpy(), v[idx].numpy()
@@ -519,7 +515,7 @@ class Mapper:
         idx, ratio = idx[move], ratio[move]
         if len(idx) == 0:
             return 0
-        moved = t + (cam[idx] * ratio[:, None]) @ rot.T
+        moved = transform_points(pose, cam[idx] * ratio[:, None])
         means, scales = self.gmap.params["means"], self.gmap.params["scales"]
         means.data[idx] = moved.to(means.dtype)
         scales.data[idx] += ratio.log()[:, None].to(scales.dtype)  # log scales
