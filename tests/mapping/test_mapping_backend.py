@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from posegs_ros.camera import project
 from posegs_ros.config import PosegsConfig, apply_flat
+from posegs_ros.geometry import se3_inverse, transform_points
 from posegs_ros.mapping.backend import MappingBackend
 from posegs_ros.scene.blur import RenderSettings, render_views
 from posegs_ros.scene.keyframes import Keyframe
@@ -203,15 +205,13 @@ def test_triangulated_depth_keeps_only_content_both_keyframes_saw(small_sequence
 
 def _depth_error_in(backend: MappingBackend, frame, columns: slice) -> float:
     """Median absolute log error of the depth of the Gaussians ``frame`` sees in ``columns``."""
-    pose = torch.from_numpy(frame.pose)
-    cam = (backend.gmap.means.detach().double() - pose[:3, 3]) @ pose[:3, :3]
-    k = backend.keyframes[0].intrinsics
+    cam = transform_points(se3_inverse(torch.from_numpy(frame.pose)), backend.gmap.means.detach().double())
+    uv, z = project(cam, backend.keyframes[0].intrinsics.matrix(torch.float64))
+    u, v = uv.round().long().unbind(-1)
     h, w = frame.depth.shape
-    u = (cam[:, 0] / cam[:, 2] * k.fx + k.cx).round().long()
-    v = (cam[:, 1] / cam[:, 2] * k.fy + k.cy).round().long()
-    inside = (cam[:, 2] > 0) & (u >= max(columns.start, 0)) & (u < min(columns.stop, w)) & (v >= 0) & (v < h)
+    inside = (z > 0) & (u >= max(columns.start, 0)) & (u < min(columns.stop, w)) & (v >= 0) & (v < h)
     truth = torch.from_numpy(frame.depth.astype(np.float64))[v[inside], u[inside]]
-    return float((cam[inside, 2] / truth).log().abs().median())
+    return float((z[inside] / truth).log().abs().median())
 
 
 def test_the_first_map_takes_the_depth_of_the_first_keyframe_far_enough_that_matches(small_sequence) -> None:
