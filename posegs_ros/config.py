@@ -200,6 +200,9 @@ class MappingConfig:
                                "camera's auto-exposure does not become geometry or colour")
     lr_affine: float = _f(5.0e-3, "Adam learning rate of the affine exposures")
     ssim_weight: float = _f(0.2, "lambda in (1 - lambda) L1 + lambda (1 - SSIM)")
+    gradient_weight: float = _f(0.5, "mu: weight of the L1 of the residual's horizontal and vertical finite differences "
+                                "added to the mapping loss (0 = off): the error's fine detail, which the gradient through a "
+                                "blurred view attenuates, converges sooner (README, Suite)")
     densify_alpha: float = _f(0.5, "add Gaussians where the rendered opacity is below this")
     densify_error: float = _f(0.15, "add Gaussians where the L1 error is above this")
     densify_stride: int = _f(4, "sample every n-th pixel when densifying")

@@ -373,7 +373,8 @@ class Mapper:
         pred, _ = self._render_keyframe(kf, scene, pose_grad=pose)
         pred = kf.observed(pred)
         excluded = kf.excluded()
-        loss = photometric_loss(pred, kf.image, self.cfg.mapping.ssim_weight, None if excluded is None else ~excluded)
+        loss = photometric_loss(pred, kf.image, self.cfg.mapping.ssim_weight, None if excluded is None else ~excluded,
+                                self.cfg.mapping.gradient_weight)
         if not torch.isfinite(loss):
             return float("nan")
         camera = [p for p in (kf.delta, kf.twist_u, kf.exposure) if p.requires_grad] if pose else []
@@ -384,7 +385,7 @@ class Mapper:
             # SSIM windows see the object's pixels)
             grown = torch.nn.functional.max_pool2d(kf.excluded(with_groups=True)[None, None].float(), 7, 1, 3)[0, 0] > 0
             target = torch.where(grown[..., None], pred.detach(), kf.image)
-            static = photometric_loss(pred, target, self.cfg.mapping.ssim_weight, ~grown)
+            static = photometric_loss(pred, target, self.cfg.mapping.ssim_weight, ~grown, self.cfg.mapping.gradient_weight)
             camera_grads = torch.autograd.grad(static, camera, retain_graph=True)
             loss.backward()
             for p, g in zip(camera, camera_grads):

@@ -307,14 +307,30 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     return (num / den).mean()
 
 
-def photometric_loss(pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None) -> Tensor:
-    """``(1 - lambda) L1 + lambda (1 - SSIM)`` for images ``[H, W, 3]``; ``mask`` ``[H, W]`` limits L1."""
-    diff = (pred - target).abs()
+def photometric_loss(
+    pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None, gradient_weight: float = 0.0
+) -> Tensor:
+    """``(1 - lambda) L1 + lambda (1 - SSIM) + mu L1(grad)`` for images ``[H, W, 3]``; ``mask`` ``[H, W]``
+    limits both L1 terms. ``mu`` weighs the L1 of the horizontal and vertical finite differences of the
+    residual (high frequencies of the error, which a blurred view's gradient attenuates)."""
+    res = pred - target
+    diff = res.abs()
     if mask is not None:
         m = mask[..., None].to(diff.dtype)
         l1 = (diff * m).sum() / (m.sum() * diff.shape[-1]).clamp_min(1.0)
     else:
         l1 = diff.mean()
-    if ssim_weight <= 0:
-        return l1
-    return (1 - ssim_weight) * l1 + ssim_weight * (1 - ssim(pred, target))
+    loss = l1
+    if ssim_weight > 0:
+        loss = (1 - ssim_weight) * l1 + ssim_weight * (1 - ssim(pred, target))
+    if gradient_weight > 0:
+        gx = (res[:, 1:] - res[:, :-1]).abs()
+        gy = (res[1:] - res[:-1]).abs()
+        if mask is not None:
+            mx = (m[:, 1:] * m[:, :-1])
+            my = (m[1:] * m[:-1])
+            g = ((gx * mx).sum() / (mx.sum() * 3).clamp_min(1.0) + (gy * my).sum() / (my.sum() * 3).clamp_min(1.0))
+        else:
+            g = gx.mean() + gy.mean()
+        loss = loss + gradient_weight * g
+    return loss

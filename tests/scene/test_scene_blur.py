@@ -123,6 +123,28 @@ def test_loss_and_ssim_basics() -> None:
     assert math.isfinite(photometric_loss(noisy, img, ssim_weight=0.0, mask=torch.zeros(40, 50, dtype=torch.bool)).item())
 
 
+def test_the_gradient_term_sees_the_residuals_detail_and_not_its_offset() -> None:
+    """``gradient_weight`` adds the L1 of the residual's finite differences: nothing for a constant
+    offset (L1 alone), the exact mean absolute difference for a striped residual, masked like L1."""
+    gen = torch.Generator().manual_seed(3)
+    img = 0.2 + 0.6 * torch.rand(40, 50, 3, generator=gen)
+    offset = img + 0.05
+    assert photometric_loss(offset, img, 0.0, gradient_weight=2.0).item() == pytest.approx(0.05, abs=1e-6)
+    stripes = img.clone()
+    stripes[:, ::2] += 0.1  # residual alternates 0.1 / 0 along x: |dx| = 0.1 everywhere, dy = 0
+    plain = photometric_loss(stripes, img, 0.0).item()
+    assert plain == pytest.approx(0.05, abs=1e-6)
+    assert photometric_loss(stripes, img, 0.0, gradient_weight=2.0).item() == pytest.approx(plain + 0.2, abs=1e-6)
+    mask = torch.zeros(40, 50, dtype=torch.bool)
+    mask[:, :20] = True
+    outside = img.clone()
+    outside[:, 21::2] += 0.3  # detail only where the mask (and its finite differences) does not reach
+    assert photometric_loss(outside, img, 0.0, mask, gradient_weight=2.0).item() == pytest.approx(0.0, abs=1e-7)
+    inside = img.clone()
+    inside[:, 1:19:2] += 0.3
+    assert photometric_loss(inside, img, 0.0, mask, gradient_weight=2.0).item() > 0.3
+
+
 def test_ssim_equals_the_convolution_definition_with_its_gradient() -> None:
     """SSIM filters with OpenCV on CPU (custom backward): same values and gradients as PyTorch's convolutions."""
     import torch.nn.functional as F
