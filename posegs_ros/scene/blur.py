@@ -327,9 +327,9 @@ def photometric_loss(
         gx = (res[:, 1:] - res[:, :-1]).abs()
         gy = (res[1:] - res[:-1]).abs()
         if mask is not None:
-            mx = (m[:, 1:] * m[:, :-1])
-            my = (m[1:] * m[:-1])
-            g = ((gx * mx).sum() / (mx.sum() * 3).clamp_min(1.0) + (gy * my).sum() / (my.sum() * 3).clamp_min(1.0))
+            mx, my = m[:, 1:] * m[:, :-1], m[1:] * m[:-1]  # both pixels of a difference in the mask
+            ch = diff.shape[-1]
+            g = (gx * mx).sum() / (mx.sum() * ch).clamp_min(1.0) + (gy * my).sum() / (my.sum() * ch).clamp_min(1.0)
         else:
             g = gx.mean() + gy.mean()
         loss = loss + gradient_weight * g

@@ -145,6 +145,30 @@ def test_the_gradient_term_sees_the_residuals_detail_and_not_its_offset() -> Non
     assert photometric_loss(inside, img, 0.0, mask, gradient_weight=2.0).item() > 0.3
 
 
+def test_the_gradient_term_fits_sharp_detail_through_streaks_sooner() -> None:
+    """An image of 2 px blocks seen only through horizontal box streaks of 5-7 px (averages of
+    shifted copies, as the sub-frames average): Adam from a flat grey start recovers the sharp image
+    much closer after the same 60 steps with the gradient term than with L1 + SSIM alone."""
+    gen = torch.Generator().manual_seed(5)
+    sharp = 0.2 + 0.6 * torch.rand(24, 32, 3, generator=gen).repeat_interleave(2, 0).repeat_interleave(2, 1)
+
+    def streak(x: torch.Tensor, length: int, shift: int) -> torch.Tensor:
+        return torch.stack([torch.roll(x, s, 1) for s in range(shift - length // 2, shift + length // 2 + 1)]).mean(0)
+
+    views = [(7, 0), (7, 1), (5, -1)]
+    psnr = {}
+    for mu in (0.0, 0.5):
+        x = torch.full_like(sharp, 0.5).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=0.02)
+        for step in range(60):
+            length, shift = views[step % 3]
+            opt.zero_grad()
+            photometric_loss(streak(x, length, shift), streak(sharp, length, shift), 0.2, None, mu).backward()
+            opt.step()
+        psnr[mu] = -10 * math.log10(float(((x.detach() - sharp) ** 2).mean()))
+    assert psnr[0.5] > psnr[0.0] + 3.0, psnr
+
+
 def test_ssim_equals_the_convolution_definition_with_its_gradient() -> None:
     """SSIM filters with OpenCV on CPU (custom backward): same values and gradients as PyTorch's convolutions."""
     import torch.nn.functional as F
