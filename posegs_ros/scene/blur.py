@@ -307,6 +307,13 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     return (num / den).mean()
 
 
+def _masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean of ``values`` ``[H, W, C]`` over the pixels whose ``weights`` ``[H, W, 1]`` are 1 (all: ``None``)."""
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / (weights.sum() * values.shape[-1]).clamp_min(1.0)
+
+
 def photometric_loss(
     pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None, gradient_weight: float = 0.0
 ) -> Tensor:
@@ -314,23 +321,14 @@ def photometric_loss(
     limits both L1 terms. ``mu`` weighs the L1 of the horizontal and vertical finite differences of the
     residual (high frequencies of the error, which a blurred view's gradient attenuates)."""
     res = pred - target
-    diff = res.abs()
-    if mask is not None:
-        m = mask[..., None].to(diff.dtype)
-        l1 = (diff * m).sum() / (m.sum() * diff.shape[-1]).clamp_min(1.0)
-    else:
-        l1 = diff.mean()
+    m = None if mask is None else mask[..., None].to(res.dtype)
+    l1 = _masked_mean(res.abs(), m)
     loss = l1
     if ssim_weight > 0:
         loss = (1 - ssim_weight) * l1 + ssim_weight * (1 - ssim(pred, target))
     if gradient_weight > 0:
-        gx = (res[:, 1:] - res[:, :-1]).abs()
-        gy = (res[1:] - res[:-1]).abs()
-        if mask is not None:
-            mx, my = m[:, 1:] * m[:, :-1], m[1:] * m[:-1]  # both pixels of a difference in the mask
-            ch = diff.shape[-1]
-            g = (gx * mx).sum() / (mx.sum() * ch).clamp_min(1.0) + (gy * my).sum() / (my.sum() * ch).clamp_min(1.0)
-        else:
-            g = gx.mean() + gy.mean()
+        # a difference counts where both of its pixels are in the mask
+        mx, my = (None, None) if m is None else (m[:, 1:] * m[:, :-1], m[1:] * m[:-1])
+        g = _masked_mean((res[:, 1:] - res[:, :-1]).abs(), mx) + _masked_mean((res[1:] - res[:-1]).abs(), my)
         loss = loss + gradient_weight * g
     return loss
