@@ -57,7 +57,8 @@ def compile_kernels(config: PosegsConfig | None = None, groups: tuple[str, ...] 
 
         from .camera import Intrinsics
         from .geometry import se3_exp
-        from .scene.blur import RenderSettings, SceneTensors, photometric_loss, render_exposure
+        from .scene.blur import RenderSettings, SceneTensors, render_exposure
+        from .scene.loss import photometric_loss
         from .scene.gaussians import rgb_to_sh0
 
         gen = torch.Generator().manual_seed(0)
@@ -74,7 +75,9 @@ def compile_kernels(config: PosegsConfig | None = None, groups: tuple[str, ...] 
         twist = torch.tensor([0.01, 0.0, 0.0, 0.0, 0.005, 0.0], dtype=torch.float64, requires_grad=True)
         pred, _ = render_exposure(scene, se3_exp(delta), twist, intr.matrix(torch.float64),
                                   RenderSettings(intr.width, intr.height, backend=cfg.render.backend), 3)
-        photometric_loss(pred, pred.detach().roll(1, 1), cfg.mapping.ssim_weight).backward()
+        mask = torch.ones(pred.shape[:2], dtype=torch.bool)
+        photometric_loss(pred, pred.detach().roll(1, 1), cfg.mapping.ssim_weight, mask,
+                         cfg.mapping.gradient_weight).backward()
     if "pose" in groups:
         from .tracking import _pose_kernels
         from .tracking.pose_solver import PhotometricTerm, solve_pose

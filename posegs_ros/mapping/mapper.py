@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from ..scene.blur import (
-    RenderOutput, RenderSettings, SceneTensors, exposure_subframes, group_subset, move_groups, photometric_loss,
+    RenderOutput, RenderSettings, SceneTensors, exposure_subframes, group_subset, move_groups,
     render_exposure, render_views,
 )
+from ..scene.loss import photometric_loss
 from ..camera import project, unproject
 from ..config import PosegsConfig
 from ..geometry import quat_to_rotmat, se3_inverse, transform_points

@@ -670,6 +670,21 @@ def element_features(counter, n_items, block, src, rows, sh0, depths, depth_chan
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def sum_feature_rows(v_feats, n_channels, rows, src, sh0, out):
+    """Colour gradients of the source rows: ``out[rows[f]] += v_feats[f, :n_channels]`` (``out``
+    [S, K] float64, zeroed by the caller), through the derivative of ``max(C0 x + 1/2, 0)`` at
+    ``x = src[rows[f]]`` with ``sh0``; added in element order (deterministic, serial: the
+    same sums as ``np.bincount`` per channel)."""
+    for f in range(rows.shape[0]):
+        r = rows[f]
+        for k in range(n_channels):
+            v = v_feats[f, k]
+            if sh0:
+                v = v * _SH_C0 if src[r, k] * _SH_C0 + _HALF >= _ZERO else _ZERO
+            out[r, k] += v
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def gather_gradients(counter, n_items, block, elem_offsets, isect_grads, v_means2d, v_conics, v_opacities, v_colors):
     """Sum each element's intersection gradients (rows ``elem_offsets[f] ..
     elem_offsets[f + 1] - 1``, in tile order: deterministic).

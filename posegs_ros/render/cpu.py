@@ -41,11 +41,9 @@ from posegs_ros.render import _raster_kernels as rk
 from posegs_ros.render._common import ALPHA_THRESHOLD, shade
 from posegs_ros.render._raster_kernels import SIGMA_MARGIN
 from posegs_ros.render._threads import run_blocks, run_shared
-from posegs_ros.render.sh import SH_C0
 
 __all__ = ["ProjectGaussians", "RasterizePixels", "TileBins", "bin_gaussians", "rasterize_cpu", "record_phases"]
 
-_SH_C0 = np.float32(SH_C0)
 _ELEMENT_BLOCK = 1024  # elements per work item of the per-element kernels
 _SORT_CHUNK = 4096  # depth-sorted elements per work item when bucketing intersections by tile
 _phases: dict[str, float] | None = None
@@ -425,12 +423,11 @@ class RasterizePixels(torch.autograd.Function):
         v_colors = v_depths = v_bg = v_opacities = None
         if ctx.colors_shape is not None and ctx.needs_input_grad[3]:
             n_channels = ctx.colors_shape[-1]
-            v_rows = v_feats[:, :n_channels]
-            if sources.sh0:  # d/dx max(C0 x + 1/2, 0)
-                picked = ctx.src[sources.color_rows]
-                v_rows = np.where(picked * _SH_C0 + np.float32(0.5) >= 0.0, v_rows * _SH_C0, np.float32(0.0))
             n_src = int(np.prod(ctx.colors_shape[:-1]))
-            v_colors = _tensor(_sum_rows(v_rows, sources.color_rows, n_src).reshape(ctx.colors_shape), like)
+            summed = np.zeros((n_src, n_channels), np.float64)
+            src = ctx.src if sources.sh0 else np.zeros((1, n_channels), np.float32)
+            rk.sum_feature_rows(v_feats, n_channels, sources.color_rows, src, sources.sh0, summed)
+            v_colors = _tensor(summed.reshape(ctx.colors_shape), like)
         if sources.depth_channel:
             v_depths = _tensor(v_feats[:, d - 1], like)
         if ctx.needs_input_grad[4]:

@@ -3,18 +3,15 @@
 A blurred frame is predicted as the mean of ``S`` sharp renders at sub-exposure poses
 ``T(s) = T @ exp(s * d)``, ``s`` at the midpoints of ``S`` equal slices of ``[-1/2, 1/2]``;
 moving objects add their own ``M_g(s) = M_g @ exp(s * e_g)`` per motion group.  The deblurred
-output is the render at ``s = 0``.  Loss: ``(1 - lambda) L1 + lambda (1 - SSIM)``.
+output is the render at ``s = 0``; :mod:`posegs_ros.scene.loss` compares it with the frame.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..geometry import quat_to_rotmat, rotmat_to_quat, se3_exp, se3_inverse
@@ -33,8 +30,6 @@ __all__ = [
     "render_exposure",
     "move_groups",
     "group_subset",
-    "ssim",
-    "photometric_loss",
 ]
 
 
@@ -244,91 +239,3 @@ def render_exposure(
             outs.append(render_views(moved, cams[i : i + 1], k, settings))
         out = RenderOutput(*(torch.cat([getattr(o, f) for o in outs], 0) for f in ("rgb", "depth", "alpha")))
     return out.rgb.mean(0), out
-
-
-def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-(x * x) / (2 * sigma * sigma))
-    return g / g.sum()
-
-
-class _ValidGaussianFilter(torch.autograd.Function):
-    """Separable filter of ``[H, W, C]`` CPU images keeping the valid region ``[H-2r, W-2r, C]``
-    (OpenCV's ``sepFilter2D``; several times faster than PyTorch's grouped convolutions on CPU).
-
-    The kernel ``[2r+1]`` is symmetric, so the backward pass is the same filter applied to the
-    zero-padded output gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, image: Tensor, kernel: np.ndarray) -> Tensor:  # type: ignore[override]
-        r = len(kernel) // 2
-        arr = np.ascontiguousarray(image.detach().numpy())
-        ctx.kernel, ctx.shape = kernel, arr.shape
-        out = cv2.sepFilter2D(arr, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT)
-        return torch.from_numpy(np.ascontiguousarray(out.reshape(arr.shape)[r:-r, r:-r]))
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        kernel = ctx.kernel
-        r = len(kernel) // 2
-        padded = np.zeros(ctx.shape, dtype=kernel.dtype)
-        padded[r:-r, r:-r] = grad.numpy()
-        out = cv2.sepFilter2D(padded, -1, kernel, kernel, borderType=cv2.BORDER_CONSTANT)
-        return torch.from_numpy(out.reshape(ctx.shape)), None
-
-
-def _filter_valid(t: Tensor, window: int, sigma: float) -> Tensor:
-    """Gaussian filter of ``[H, W, C]`` (valid region ``[H-w+1, W-w+1, C]``): OpenCV on CPU, conv2d elsewhere."""
-    if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64):
-        kernel = _gaussian_window(window, sigma, t.dtype, t.device).numpy()
-        return _ValidGaussianFilter.apply(t, kernel)
-    ch = t.shape[-1]
-    g = _gaussian_window(window, sigma, t.dtype, t.device)
-    x = t.permute(2, 0, 1)[None]
-    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(ch, 1, 1, window), groups=ch)
-    x = F.conv2d(x, g.view(1, 1, -1, 1).expand(ch, 1, window, 1), groups=ch)
-    return x[0].permute(1, 2, 0)
-
-
-def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """Mean structural similarity of images ``[H, W, C]`` in [0, 1] (Gaussian window, valid region).
-
-    The five local statistics (means, second moments, cross moment) are filtered in one call.
-    """
-    ch = a.shape[-1]
-    stats = _filter_valid(torch.cat([a, b, a * a, b * b, a * b], -1), window, sigma)
-    mu_x, mu_y, xx, yy, xy = stats.split(ch, dim=-1)
-    sxx = xx - mu_x * mu_x
-    syy = yy - mu_y * mu_y
-    sxy = xy - mu_x * mu_y
-    c1, c2 = 0.01**2, 0.03**2
-    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
-    den = (mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2)
-    return (num / den).mean()
-
-
-def _masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
-    """Mean of ``values`` ``[H, W, C]`` over the pixels whose ``weights`` ``[H, W, 1]`` are 1 (all: ``None``)."""
-    if weights is None:
-        return values.mean()
-    return (values * weights).sum() / (weights.sum() * values.shape[-1]).clamp_min(1.0)
-
-
-def photometric_loss(
-    pred: Tensor, target: Tensor, ssim_weight: float = 0.2, mask: Tensor | None = None, gradient_weight: float = 0.0
-) -> Tensor:
-    """``(1 - lambda) L1 + lambda (1 - SSIM) + mu L1(grad)`` for images ``[H, W, 3]``; ``mask`` ``[H, W]``
-    limits both L1 terms. ``mu`` weighs the L1 of the horizontal and vertical finite differences of the
-    residual (high frequencies of the error, which a blurred view's gradient attenuates)."""
-    res = pred - target
-    m = None if mask is None else mask[..., None].to(res.dtype)
-    l1 = _masked_mean(res.abs(), m)
-    loss = l1
-    if ssim_weight > 0:
-        loss = (1 - ssim_weight) * l1 + ssim_weight * (1 - ssim(pred, target))
-    if gradient_weight > 0:
-        # a difference counts where both of its pixels are in the mask
-        mx, my = (None, None) if m is None else (m[:, 1:] * m[:, :-1], m[1:] * m[:-1])
-        g = _masked_mean((res[:, 1:] - res[:, :-1]).abs(), mx) + _masked_mean((res[1:] - res[:-1]).abs(), my)
-        loss = loss + gradient_weight * g
-    return loss

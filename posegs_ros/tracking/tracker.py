@@ -24,8 +24,9 @@ import torch
 from torch import Tensor
 
 from ..scene.blur import (
-    RenderOutput, RenderSettings, SceneTensors, exposure_subframes, photometric_loss, render_exposure, render_views,
+    RenderOutput, RenderSettings, SceneTensors, exposure_subframes, render_exposure, render_views,
 )
+from ..scene.loss import photometric_loss
 from ..camera import Intrinsics
 from ..config import PosegsConfig
 from .flow import DenseFlow, bilinear_sample, image_gradients, matching_blur_sigma, robust_flow_threshold, to_gray

@@ -15,10 +15,8 @@ from posegs_ros.scene.blur import (
     exposure_offsets,
     exposure_subframes,
     exposure_poses,
-    photometric_loss,
     render_exposure,
     render_views,
-    ssim,
     subframes_for_blur,
 )
 from posegs_ros.camera import Intrinsics
@@ -106,93 +104,6 @@ def test_motion_group_is_moved_by_its_transform() -> None:
     shifted_means[scene.group_ids == 1, 1] += 0.1
     manual = SceneTensors(shifted_means, scene.quats, scene.scales, scene.opacities, scene.colors, scene.group_ids)
     assert torch.allclose(moved, render_views(manual, pose[None], k, settings).rgb[0], atol=1e-5)
-
-
-def test_loss_and_ssim_basics() -> None:
-    gen = torch.Generator().manual_seed(1)
-    img = torch.rand(40, 50, 3, generator=gen)
-    assert ssim(img, img).item() == pytest.approx(1.0, abs=1e-5)
-    assert photometric_loss(img, img).item() == pytest.approx(0.0, abs=1e-5)
-    noisy = (img + 0.1 * torch.randn(40, 50, 3, generator=gen)).clamp(0, 1)
-    assert photometric_loss(noisy, img).item() > 0.05
-    mask = torch.zeros(40, 50, dtype=torch.bool)
-    mask[:20] = True
-    half = img.clone()
-    half[20:] = 0.0  # differences only outside the mask
-    assert photometric_loss(half, img, ssim_weight=0.0, mask=mask).item() == pytest.approx(0.0, abs=1e-7)
-    assert math.isfinite(photometric_loss(noisy, img, ssim_weight=0.0, mask=torch.zeros(40, 50, dtype=torch.bool)).item())
-
-
-def test_the_gradient_term_sees_the_residuals_detail_and_not_its_offset() -> None:
-    """``gradient_weight`` adds the L1 of the residual's finite differences: nothing for a constant
-    offset (L1 alone), the exact mean absolute difference for a striped residual, masked like L1."""
-    gen = torch.Generator().manual_seed(3)
-    img = 0.2 + 0.6 * torch.rand(40, 50, 3, generator=gen)
-    offset = img + 0.05
-    assert photometric_loss(offset, img, 0.0, gradient_weight=2.0).item() == pytest.approx(0.05, abs=1e-6)
-    stripes = img.clone()
-    stripes[:, ::2] += 0.1  # residual alternates 0.1 / 0 along x: |dx| = 0.1 everywhere, dy = 0
-    plain = photometric_loss(stripes, img, 0.0).item()
-    assert plain == pytest.approx(0.05, abs=1e-6)
-    assert photometric_loss(stripes, img, 0.0, gradient_weight=2.0).item() == pytest.approx(plain + 0.2, abs=1e-6)
-    mask = torch.zeros(40, 50, dtype=torch.bool)
-    mask[:, :20] = True
-    outside = img.clone()
-    outside[:, 21::2] += 0.3  # detail only where the mask (and its finite differences) does not reach
-    assert photometric_loss(outside, img, 0.0, mask, gradient_weight=2.0).item() == pytest.approx(0.0, abs=1e-7)
-    inside = img.clone()
-    inside[:, 1:19:2] += 0.3
-    assert photometric_loss(inside, img, 0.0, mask, gradient_weight=2.0).item() > 0.3
-
-
-def test_the_gradient_term_fits_sharp_detail_through_streaks_sooner() -> None:
-    """An image of 2 px blocks seen only through horizontal box streaks of 5-7 px (averages of
-    shifted copies, as the sub-frames average): Adam from a flat grey start recovers the sharp image
-    much closer after the same 60 steps with the gradient term than with L1 + SSIM alone."""
-    gen = torch.Generator().manual_seed(5)
-    sharp = 0.2 + 0.6 * torch.rand(24, 32, 3, generator=gen).repeat_interleave(2, 0).repeat_interleave(2, 1)
-
-    def streak(x: torch.Tensor, length: int, shift: int) -> torch.Tensor:
-        return torch.stack([torch.roll(x, s, 1) for s in range(shift - length // 2, shift + length // 2 + 1)]).mean(0)
-
-    views = [(7, 0), (7, 1), (5, -1)]
-    psnr = {}
-    for mu in (0.0, 0.5):
-        x = torch.full_like(sharp, 0.5).requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=0.02)
-        for step in range(60):
-            length, shift = views[step % 3]
-            opt.zero_grad()
-            photometric_loss(streak(x, length, shift), streak(sharp, length, shift), 0.2, None, mu).backward()
-            opt.step()
-        psnr[mu] = -10 * math.log10(float(((x.detach() - sharp) ** 2).mean()))
-    assert psnr[0.5] > psnr[0.0] + 3.0, psnr
-
-
-def test_ssim_equals_the_convolution_definition_with_its_gradient() -> None:
-    """SSIM filters with OpenCV on CPU (custom backward): same values and gradients as PyTorch's convolutions."""
-    import torch.nn.functional as F
-
-    from posegs_ros.scene.blur import _gaussian_window
-
-    def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        x, y = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
-        g = _gaussian_window(11, 1.5, x.dtype, x.device)
-        gh, gv = g.view(1, 1, 1, -1).expand(3, 1, 1, 11), g.view(1, 1, -1, 1).expand(3, 1, 11, 1)
-        blur = lambda t: F.conv2d(F.conv2d(t, gh, groups=3), gv, groups=3)  # noqa: E731
-        mx, my = blur(x), blur(y)
-        sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-        c1, c2 = 0.01**2, 0.03**2
-        return (((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))).mean()
-
-    gen = torch.Generator().manual_seed(2)
-    a = torch.rand(30, 41, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    b = torch.rand(30, 41, 3, generator=gen, dtype=torch.float64)
-    fast, ref = ssim(a, b), reference(a, b)
-    (g_fast,) = torch.autograd.grad(fast, a)
-    (g_ref,) = torch.autograd.grad(ref, a)
-    assert torch.allclose(fast, ref, atol=1e-14) and torch.allclose(g_fast, g_ref, atol=1e-14)
-    assert torch.autograd.gradcheck(lambda x: ssim(x, b[:14, :15]), (a[:14, :15].detach().requires_grad_(),))
 
 
 def test_groups_without_a_pose_are_hidden_and_placed_scenes_stay_put() -> None:
