@@ -459,8 +459,13 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(*paths: str | Path, overrides: Mapping[str, Any] | None = None) -> PosegsConfig:
-    """Defaults, the preset, each YAML file in order, then dotted ``overrides``.
+def load_config(
+    *paths: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    preset_overlays: Mapping[str, Mapping[str, Any]] | None = None,
+) -> PosegsConfig:
+    """Defaults, the preset, ``preset_overlays[preset]`` (dotted names: a command's own settings
+    for that preset), each YAML file in order, then dotted ``overrides``.
 
     The preset (``preset`` in ``overrides``, else the last file that names one, else
     "balanced") is applied first, so every setting given explicitly wins over it. A YAML file
@@ -483,7 +488,8 @@ def load_config(*paths: str | Path, overrides: Mapping[str, Any] | None = None) 
     preset = (overrides or {}).get("preset", preset)
     if not isinstance(preset, str):
         raise ConfigError(f"preset: expected a name, got {preset!r}")
-    data: dict[str, Any] = config_to_dict(preset_config(preset))
+    overlay = (preset_overlays or {}).get(preset, {})
+    data: dict[str, Any] = config_to_dict(apply_flat(preset_config(preset), overlay))
     for layer in layers:
         data = _merge(data, layer)
     data["preset"] = preset

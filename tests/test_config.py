@@ -105,6 +105,27 @@ def test_presets_differ_as_documented_and_explicit_settings_win(tmp_path: Path) 
         load_config(overrides={"preset": "turbo"})
 
 
+def test_a_commands_preset_overlay_sits_between_the_preset_and_explicit_settings(tmp_path: Path) -> None:
+    """``preset_overlays`` (``posegs demo``'s own settings) apply to their preset only, over the
+    preset and under files and ``--set``."""
+    from posegs_ros.config import preset_config
+
+    overlays = {"balanced": {"mapping.final_steps_per_view": 12}}
+    best_steps = preset_config("best").mapping.final_steps_per_view
+    assert load_config(preset_overlays=overlays).mapping.final_steps_per_view == 12
+    best = load_config(overrides={"preset": "best"}, preset_overlays=overlays)
+    assert best.mapping.final_steps_per_view == best_steps
+    f = tmp_path / "c.yaml"
+    f.write_text("mapping:\n  final_steps_per_view: 9\n")
+    assert load_config(f, preset_overlays=overlays).mapping.final_steps_per_view == 9
+    assert load_config(overrides={"mapping.final_steps_per_view": 5},
+                       preset_overlays=overlays).mapping.final_steps_per_view == 5
+    f.write_text("preset: best\n")  # a file naming another preset leaves the overlay out
+    assert load_config(f, preset_overlays=overlays).mapping.final_steps_per_view == best_steps
+    with pytest.raises(ConfigError, match="unknown config parameter"):
+        load_config(preset_overlays={"balanced": {"mapping.nope": 1}})
+
+
 def test_a_negative_window_means_rate_factor_is_refused() -> None:
     with pytest.raises(ConfigError, match="window_means_lr_factor must be >= 0"):
         apply_flat(PosegsConfig(), {"mapping.window_means_lr_factor": -0.1})

@@ -47,9 +47,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, scope: str = "") -> No
                         help=f"override one config parameter{scope}, e.g. --set blur.subframes=3 (repeatable)")
 
 
-def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
-    """The configuration :func:`add_config_arguments` describes: preset, then the files, then
-    ``--set`` and ``extra`` (dotted names).
+def config_from_args(
+    args: argparse.Namespace,
+    extra: dict[str, Any] | None = None,
+    preset_overlays: dict[str, dict[str, Any]] | None = None,
+) -> Any:
+    """The configuration :func:`add_config_arguments` describes: preset, then the command's own
+    settings for it (``preset_overlays[preset]``, dotted names), the files, ``--set`` and
+    ``extra`` (dotted names).
 
     Raises:
         ConfigError: an unreadable file, an unknown name or a wrongly typed value.
@@ -59,7 +64,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
     overrides = {"preset": args.preset} if args.preset else {}
     overrides.update(parse_overrides(args.overrides))
     overrides.update(extra or {})
-    return load_config(*args.config, overrides=overrides)
+    return load_config(*args.config, overrides=overrides, preset_overlays=preset_overlays)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -41,3 +41,24 @@ def test_demo_rejects_a_bad_size(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["demo", "--out", str(tmp_path / "d"), "--size", "big"]) == 2
     assert "--size" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_the_demo_runs_balanced_with_its_own_final_steps_unless_told_otherwise() -> None:
+    """The demo's overlay (fewer final steps per frame, to finish within two minutes) applies to
+    ``balanced`` only and yields to ``--set``."""
+    import argparse
+
+    from posegs_ros.config import preset_config
+    from posegs_ros.tools.demo import DEMO_OVERLAYS, add_arguments
+    from posegs_ros.tools.replay import config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def steps(*argv: str) -> int:
+        return config_from_args(parser.parse_args(list(argv)), None, DEMO_OVERLAYS).mapping.final_steps_per_view
+
+    assert steps() == 12 < preset_config("balanced").mapping.final_steps_per_view
+    assert steps("--preset", "best") == preset_config("best").mapping.final_steps_per_view
+    assert steps("--preset", "fast") == preset_config("fast").mapping.final_steps_per_view
+    assert steps("--set", "mapping.final_steps_per_view=16") == 16
