@@ -47,6 +47,7 @@ __all__ = [
     "evaluate_trajectory",
     "rotation_gain",
     "evaluate_images",
+    "ssim",
     "evaluate_masks",
     "evaluate",
     "write_report",
@@ -289,6 +290,36 @@ def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     return float("inf") if mse == 0.0 else 10.0 * math.log10(255.0**2 / mse)
 
 
+SSIM_WINDOW = 7  # scikit-image's default window for structural_similarity
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM of two uint8 images ``[H, W, C]`` or ``[H, W]``: scikit-image's
+    ``structural_similarity(a, b, channel_axis=2, data_range=255)`` (7x7 uniform windows, sample
+    covariance, K1 0.01, K2 0.03, the mean over the image less 3 px at each border, channels
+    averaged) with OpenCV's box filters, to float64 rounding and about twice as fast."""
+    import cv2
+
+    if a.shape != b.shape or a.ndim not in (2, 3):
+        raise ValueError(f"ssim: need two images of one shape [H, W(, C)], got {a.shape} and {b.shape}")
+    if min(a.shape[:2]) < SSIM_WINDOW:
+        raise ValueError(f"ssim: images must be at least {SSIM_WINDOW} px on each side, got {a.shape[:2]}")
+    x, y = a.astype(np.float64), b.astype(np.float64)
+
+    def mean(t: np.ndarray) -> np.ndarray:
+        return cv2.boxFilter(t, -1, (SSIM_WINDOW, SSIM_WINDOW), normalize=True, borderType=cv2.BORDER_REFLECT)
+
+    ux, uy = mean(x), mean(y)
+    n = SSIM_WINDOW * SSIM_WINDOW
+    cov = n / (n - 1.0)
+    vx, vy, vxy = cov * (mean(x * x) - ux * ux), cov * (mean(y * y) - uy * uy), cov * (mean(x * y) - ux * uy)
+    c1, c2 = (0.01 * 255.0) ** 2, (0.03 * 255.0) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    r = (SSIM_WINDOW - 1) // 2
+    inner = s[r:-r, r:-r].reshape(-1, 1 if a.ndim == 2 else a.shape[2])
+    return float(inner.mean(axis=0).mean())
+
+
 def mean_psnr(values: list[float]) -> float:
     """Mean PSNR with each frame capped at :data:`PSNR_CAP_DB` (identical frames count as the cap)."""
     finite_or_inf = [v for v in values if not math.isnan(v)]
@@ -329,19 +360,23 @@ def _common_names(gt: dict[str, Path], other: dict[str, Path], what: str) -> lis
 
 
 def evaluate_images(gt_dir: str | Path, est_dir: str | Path) -> ImageMetrics:
-    """PSNR / SSIM of the images of ``est_dir`` against same-named images of ``gt_dir``."""
-    from skimage.metrics import structural_similarity
+    """PSNR / SSIM of the images of ``est_dir`` against same-named images of ``gt_dir`` (two
+    threads: reading and the metrics' filters release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
 
     gt_files, est_files = _image_files(Path(gt_dir)), _image_files(Path(est_dir))
     names = _common_names(gt_files, est_files, "image")
-    psnrs, ssims = [], []
-    for name in names:
+
+    def measure(name: str) -> tuple[float, float]:
         gt, est = _read_rgb(gt_files[name]), _read_rgb(est_files[name])
         if gt.shape != est.shape:
             raise ValueError(f"{name}: {est_files[name]} is {est.shape[1]}x{est.shape[0]}, "
                              f"GT {gt_files[name]} is {gt.shape[1]}x{gt.shape[0]}")
-        psnrs.append(psnr(gt, est))
-        ssims.append(float(structural_similarity(gt, est, channel_axis=2, data_range=255)))
+        return psnr(gt, est), ssim(gt, est)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        values = list(pool.map(measure, names))
+    psnrs, ssims = [v[0] for v in values], [v[1] for v in values]
     return ImageMetrics(names, psnrs, ssims, mean_psnr(psnrs), float(np.mean(ssims)),
                         sum(math.isinf(v) for v in psnrs))
 

@@ -272,3 +272,25 @@ def test_renders_against_the_input_without_sharp_ground_truth(tmp_path: Path) ->
     assert f"{result.vs_input.psnr_mean:.2f} dB" in page and (tmp_path / "report" / "strip.png").is_file()
     with pytest.raises(ValueError, match="--gt-images or --input-images"):
         evaluate(est_images=renders)
+
+
+def test_ssim_equals_scikit_images_structural_similarity() -> None:
+    """The box-filter SSIM is scikit-image's for 8-bit images (RGB and grey, smooth and noisy),
+    and refuses images it cannot window."""
+    from skimage.metrics import structural_similarity
+
+    from posegs_ros.tools.evaluate import ssim
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:50, 0:61]
+    smooth = np.stack([127 + 100 * np.sin(xx / 7.0 + k) * np.cos(yy / 5.0) for k in range(3)], -1).astype(np.uint8)
+    noisy = np.clip(smooth.astype(int) + rng.integers(-40, 41, smooth.shape), 0, 255).astype(np.uint8)
+    other = rng.integers(0, 256, smooth.shape, dtype=np.uint8)
+    for a, b in [(smooth, noisy), (noisy, other), (smooth, smooth)]:
+        assert ssim(a, b) == pytest.approx(structural_similarity(a, b, channel_axis=2, data_range=255), abs=1e-12)
+        assert ssim(a[..., 0], b[..., 0]) == pytest.approx(
+            structural_similarity(a[..., 0], b[..., 0], data_range=255), abs=1e-12)
+    with pytest.raises(ValueError, match="at least 7"):
+        ssim(smooth[:6], noisy[:6])
+    with pytest.raises(ValueError, match="one shape"):
+        ssim(smooth, noisy[:40])
