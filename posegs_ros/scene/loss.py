@@ -10,6 +10,7 @@ elsewhere :func:`photometric_loss_reference` computes it with PyTorch operations
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import cv2
@@ -30,6 +31,14 @@ def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.
     x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
     g = torch.exp(-(x * x) / (2 * sigma * sigma))
     return g / g.sum()
+
+
+@functools.cache
+def _ssim_kernel() -> np.ndarray:
+    """The SSIM window ``[SSIM_WINDOW]`` as float32 numpy (computed once: the fused loss runs every step)."""
+    kernel = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA, torch.float32, torch.device("cpu")).numpy()
+    kernel.flags.writeable = False
+    return kernel
 
 
 class _ValidGaussianFilter(torch.autograd.Function):
@@ -127,7 +136,7 @@ class _FusedPhotometricLoss(torch.autograd.Function):
         filtered = np.zeros((3, 1, 1), np.float32)
         ssim_mean, ssim_scale = 0.0, 0.0
         if ssim_weight > 0:
-            kernel = _gaussian_window(SSIM_WINDOW, SSIM_SIGMA, torch.float32, torch.device("cpu")).numpy()
+            kernel = _ssim_kernel()
             r = SSIM_WINDOW // 2
 
             def smooth(planes: np.ndarray, border: int) -> np.ndarray:  # [P, H, W*C] -> the same, filtered
