@@ -270,6 +270,9 @@ class BlurConfig:
     exposure_pairs: int = _f(40, "pairs of consecutive tracked frames whose blur measures the exposure time (each "
                              "frame smeared along the other's motion must match the other smeared along its own); "
                              "0 = keep exposure_ratio")
+    final_twist_fit: bool = _f(True, "offline (finalize): before the final refinement, each frame's exposure twist is "
+                               "re-estimated from its neighbours' poses (velocity at mid-exposure from a cubic in time "
+                               "through two frames on each side) instead of tracking's backward difference")
     live_output: str = _f("fused", "deblurred image of a live frame (node ~/deblurred, --realtime): render = the map's "
                           "sharp render | fused = render + what the map does not explain of the frame, R + (I - B(R)) "
                           "(never worse than the camera where the map is young or empty)")

@@ -52,7 +52,8 @@ from .tracking.calibration import FocalEstimate, estimate_focal_scale, track_poi
 from .tracking.flow import DenseFlow
 from .tracking.initialization import TwoViewResult, grid_samples, image_sharpness, sharp_enough, try_two_view
 from .tracking.tracker import (
-    Tracker, TrackingResolution, TrackingResult, initial_twist, interpolate_pose, predict_constant_velocity, twist_units,
+    Tracker, TrackingResolution, TrackingResult, initial_twist, interpolate_pose, neighbour_twist, predict_constant_velocity,
+    twist_units,
 )
 
 __all__ = ["Frame", "FrameError", "FrameResult", "TrackingState", "StageTimings", "Reconstructor", "TrajectoryPoint"]
@@ -1057,6 +1058,8 @@ class Reconstructor:
                     Frame(rec.image, rec.stamp, self._intrinsics, rec.index), self._final_pose(rec, snap), rec.twist, rec
                 )
                 views.append((rec, view))
+        if self.config.blur.enabled and self.config.blur.final_twist_fit:
+            self._fit_view_twists([v for _, v in views], snap)
         limit = max(self.config.mapping.final_max_views, 2)
         tracked = len(views)
         rest: list[tuple[_FrameRecord | None, Keyframe]] = []  # beyond the limit: tracked once refined
@@ -1096,6 +1099,30 @@ class Reconstructor:
                     rec.dynamic_mask = view.dynamic_mask.numpy().copy()
         backend.publish()
         return stats
+
+    def _fit_view_twists(self, views: list[Keyframe], snap: MapSnapshot | None) -> None:
+        """Offline: each view's exposure twist from the poses of the frames around it
+        (:func:`neighbour_twist`: the velocity at mid-exposure, where tracking's guess is the
+        motion since the previous frame). Views without a posed frame on each side keep theirs."""
+        posed = [r for r in self._records if r.map_index == self._map_index
+                 and r.state not in (TrackingState.INITIALIZING, TrackingState.LOST)]
+        if len(posed) < 3:
+            return
+        stamps = np.array([r.stamp for r in posed])
+        poses = np.stack([self._final_pose(r, snap) for r in posed])
+        finite = np.isfinite(poses).all(axis=(1, 2))
+        stamps, poses = stamps[finite], poses[finite]
+        position = {r.index: i for i, r in enumerate(r for r, ok in zip(posed, finite) if ok)}
+        period = self._stamp_period or (float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0)
+        if not period > 0:
+            return
+        for view in views:
+            i = position.get(view.frame_index)
+            if i is None:
+                continue
+            twist = neighbour_twist(stamps, poses, i, self._exposure_ratio * period, max_gap_s=2.5 * period)
+            if twist is not None:
+                view.twist_u = torch.from_numpy(twist) / view.unit
 
     def _recover_lost(self) -> None:
         """Offline: track the frames tracking lost online (their pose is only a prediction) once

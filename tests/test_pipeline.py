@@ -386,6 +386,63 @@ def test_frames_beyond_the_refinement_limit_are_tracked_against_the_refined_map(
     assert psnr(tracked, rest) > psnr(untracked, rest) + 0.5, (psnr(tracked, rest), psnr(untracked, rest))
 
 
+def test_finalize_starts_every_view_at_the_velocity_from_its_neighbours(small_sequence, fast_config, monkeypatch) -> None:
+    """finalize() hands the refinement each view's exposure twist from the poses around it
+    (closer to the true exposure motion than tracking's backward difference); with
+    ``blur.final_twist_fit`` off the views keep tracking's twists."""
+    from posegs_ros.config import apply_flat
+    from posegs_ros.mapping.mapper import Mapper
+    from posegs_ros.tracking.tracker import neighbour_twist
+
+    seq = small_sequence
+    started: dict[int, np.ndarray] = {}
+
+    def capture(self, views, iterations):  # type: ignore[no-untyped-def]
+        for v in views:  # the first round's start
+            started.setdefault(v.frame_index, v.twist().detach().numpy().copy())
+        return original(self, views, 1)
+
+    original = Mapper.refine_all
+    monkeypatch.setattr(Mapper, "refine_all", capture)
+
+    def finished(fit: bool) -> tuple[Reconstructor, dict[int, np.ndarray], dict[int, tuple[float, np.ndarray]]]:
+        started.clear()
+        engine = Reconstructor(apply_flat(fast_config, {"blur.final_twist_fit": fit}), keep_frames=True)
+        for f in seq.frames:
+            engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index))
+        engine._use_exposure_estimate()
+        snap = engine.backend.publish()
+        records = [r for r in engine._records if r.state is TrackingState.TRACKING]
+        before = {r.index: (r.stamp, engine._final_pose(r, snap)) for r in records}
+        engine.finalize()
+        return engine, dict(started), before
+
+    engine, twists, poses = finished(True)
+    order = sorted(poses)
+    stamps = np.array([poses[i][0] for i in order])
+    stack = np.stack([poses[i][1] for i in order])
+    exposure = engine.exposure_ratio * engine._stamp_period
+    inner = [k for k, i in enumerate(order) if 2 <= k < len(order) - 2 and i in twists]
+    assert len(inner) > 10
+    for k in inner:
+        expected = neighbour_twist(stamps, stack, k, exposure, 2.5 * engine._stamp_period)
+        assert np.allclose(twists[order[k]], expected, atol=1e-9)
+
+    # against the truth (rotation: free of the map's scale), from the path's own sub-frame poses
+    def true_rotation(i: int) -> np.ndarray:
+        first, last = seq.frames[i].subframe_poses[0], seq.frames[i].subframe_poses[-1]
+        rel = np.linalg.inv(first) @ last
+        angle = np.arccos(np.clip((np.trace(rel[:3, :3]) - 1) / 2, -1, 1))
+        axis = np.array([rel[2, 1] - rel[1, 2], rel[0, 2] - rel[2, 0], rel[1, 0] - rel[0, 1]])
+        span = seq.frames[i].subframe_poses.shape[0]
+        return axis / max(np.linalg.norm(axis), 1e-12) * angle * span / (span - 1)
+
+    _, kept, _ = finished(False)
+    fitted_err = np.median([np.linalg.norm(twists[order[k]][3:] - true_rotation(order[k])) for k in inner])
+    kept_err = np.median([np.linalg.norm(kept[order[k]][3:] - true_rotation(order[k])) for k in inner])
+    assert fitted_err < 0.9 * kept_err, (fitted_err, kept_err)  # 128x96: noisier poses than at 320x240
+
+
 def test_a_frame_the_map_does_not_explain_becomes_a_keyframe(small_sequence, fast_config, monkeypatch) -> None:
     """A tracked frame flagged as a map mismatch (consistent flow, map depth off) is not lost: it
     keeps its tracked pose, is counted, and becomes a keyframe so mapping corrects the map."""

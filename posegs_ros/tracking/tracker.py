@@ -34,7 +34,8 @@ from ..geometry import se3_exp
 from . import _pose_kernels
 from .pose_solver import PhotometricTerm, PoseSolveResult, project_points, solve_pose
 
-__all__ = ["TrackingResult", "Tracker", "TrackingResolution", "predict_constant_velocity", "initial_twist", "twist_units"]
+__all__ = ["TrackingResult", "Tracker", "TrackingResolution", "predict_constant_velocity", "initial_twist", "neighbour_twist",
+           "twist_units"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,47 @@ def initial_twist(previous: np.ndarray, current: np.ndarray, exposure_ratio: flo
     """
     rel = np.linalg.inv(previous) @ current
     return _pose_kernels.se3_log(np.ascontiguousarray(rel, dtype=np.float64)) * exposure_ratio
+
+
+def neighbour_twist(
+    stamps: np.ndarray, poses: np.ndarray, index: int, exposure_s: float, max_gap_s: float
+) -> np.ndarray | None:
+    """Exposure twist ``[6]`` of frame ``index`` from the poses around it: the body-frame
+    velocity at its stamp (``d/dt log(inv(P_i) P(t))`` at ``t_i``) times ``exposure_s``.
+
+    ``stamps`` ``[K]`` (seconds, increasing) and ``poses`` ``[K, 4, 4]`` of consecutive posed
+    frames. Neighbours up to two on each side within ``max_gap_s`` of the next one in: a cubic
+    in time through two on each side (the five-point derivative on even stamps), a quadratic
+    through one on each side (the central difference). The backward difference that tracking
+    makes online is late by half a frame interval: its error grows with the camera's
+    acceleration (hand-held shake turns the velocity within a frame). ``None`` without a
+    neighbour on each side.
+    """
+    k = len(stamps)
+    sides = []
+    for step in (-1, 1):
+        kept, j = [], index
+        while len(kept) < 2:
+            nxt = j + step
+            if not 0 <= nxt < k or abs(float(stamps[nxt] - stamps[j])) > max_gap_s:
+                break
+            kept.append(nxt)
+            j = nxt
+        sides.append(kept)
+    if not sides[0] or not sides[1]:
+        return None
+    near = sides[0][:1] + sides[1][:1]
+    both = sides[0] + sides[1] if len(sides[0]) == 2 and len(sides[1]) == 2 else near
+    degree = 3 if len(both) == 4 else 2
+    inv = np.linalg.inv(poses[index])
+    tau = np.array([float(stamps[j] - stamps[index]) for j in both])
+    if not (np.abs(tau) > 0).all():
+        return None
+    logs = np.stack([_pose_kernels.se3_log(np.ascontiguousarray(inv @ poses[j], dtype=np.float64)) for j in both])
+    basis = np.stack([tau**p for p in range(1, degree + 1)], axis=1)  # [n, degree]: value 0 at t_i
+    coef, *_ = np.linalg.lstsq(basis, logs, rcond=None)
+    twist = coef[0] * float(exposure_s)
+    return twist if np.isfinite(twist).all() else None
 
 
 @dataclass
