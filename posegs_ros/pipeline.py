@@ -1108,11 +1108,11 @@ class Reconstructor:
                  and r.state not in (TrackingState.INITIALIZING, TrackingState.LOST)]
         if len(posed) < 3:
             return
-        stamps = np.array([r.stamp for r in posed])
         poses = np.stack([self._final_pose(r, snap) for r in posed])
         finite = np.isfinite(poses).all(axis=(1, 2))
-        stamps, poses = stamps[finite], poses[finite]
-        position = {r.index: i for i, r in enumerate(r for r, ok in zip(posed, finite) if ok)}
+        posed, poses = [r for r, ok in zip(posed, finite) if ok], poses[finite]
+        stamps = np.array([r.stamp for r in posed])
+        position = {r.index: i for i, r in enumerate(posed)}
         period = self._stamp_period or (float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0)
         if not period > 0:
             return

@@ -16,7 +16,8 @@ from .replay import add_config_arguments
 
 # the demo's own settings on top of the balanced preset (under --config / --set): 12 final steps
 # per frame instead of 16, so the first run ends within two minutes on the slower 2-core
-# machines too (README, `posegs demo`: 93-109 s against 136-152 s there, +4.9 dB against +5.6)
+# machines too (README, `posegs demo`: 93-109 s against 136-152 s there, +4.9 dB against +5.6;
+# 107 s, +5.3 dB with the exposure twists fitted to the neighbouring poses)
 DEMO_OVERLAYS = {"balanced": {"mapping.final_steps_per_view": 12}}
 
 

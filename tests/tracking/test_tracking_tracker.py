@@ -9,7 +9,7 @@ from posegs_ros.scene.blur import RenderSettings
 from posegs_ros.config import PosegsConfig, apply_flat
 from posegs_ros.tracking.flow import DenseFlow
 from posegs_ros.scene.gaussians import GaussianMap
-from posegs_ros.geometry import se3_exp
+from posegs_ros.geometry import se3_exp, se3_log
 from posegs_ros.scene.keyframes import Keyframe
 from posegs_ros.mapping.mapper import Mapper, scene_tensors
 from posegs_ros.tracking.tracker import Tracker, initial_twist, neighbour_twist, predict_constant_velocity, twist_units
@@ -156,8 +156,7 @@ def test_neighbour_twist_is_the_velocity_at_mid_exposure() -> None:
     def true_twist(t: float) -> np.ndarray:  # d/dt log(inv(P(t)) P(t + h)) by a tiny central step
         h = 1e-5
         inv = np.linalg.inv(path.pose(t))
-        fwd = initial_twist(np.eye(4), inv @ path.pose(t + h), 1.0)
-        back = initial_twist(np.eye(4), inv @ path.pose(t - h), 1.0)
+        fwd, back = (se3_log(torch.from_numpy(inv @ path.pose(t + dt))).numpy() for dt in (h, -h))
         return (fwd - back) / (2 * h) * exposure
 
     ours, backward = [], []
