@@ -1113,8 +1113,8 @@ class Reconstructor:
         posed, poses = [r for r, ok in zip(posed, finite) if ok], poses[finite]
         stamps = np.array([r.stamp for r in posed])
         position = {r.index: i for i, r in enumerate(posed)}
-        period = self._stamp_period or (float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0)
-        if not period > 0:
+        period = self._stamp_period or camera_period(np.diff(stamps))
+        if period is None or not period > 0:
             return
         for view in views:
             i = position.get(view.frame_index)
