@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from ..geometry import quat_to_rotmat, se3_inverse, transform_points
 from ..scene.gaussians import GaussianMap
 from ..scene.keyframes import Keyframe
 
-__all__ = ["Mapper", "MappingStats", "RoundControl", "scene_tensors"]
+__all__ = ["CameraOptimizer", "Mapper", "MappingStats", "RoundControl", "scene_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,42 @@ class GradientStats:
     @classmethod
     def zeros(cls, n: int) -> GradientStats:
         return cls(torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))
+
+
+class CameraOptimizer:
+    """Adam over the keyframes' camera-side parameters (pose corrections, exposure twists, affine
+    exposures, motion-group poses and twists), one ``torch.optim.Adam`` per keyframe.
+
+    A mapping step renders one keyframe, so only that keyframe's parameters get gradients, and
+    Adam leaves a parameter without a gradient untouched: stepping that keyframe's optimizer alone
+    gives exactly what one Adam over every keyframe gives, at a cost that does not grow with the
+    number of keyframes (the final refinement optimizes hundreds of frames, three or more
+    parameter groups each).
+    """
+
+    def __init__(self, groups: dict[int, list[dict[str, Any]]]) -> None:
+        """``groups``: ``id(keyframe)`` -> that keyframe's Adam parameter groups (non-empty)."""
+        self._by_frame = {key: torch.optim.Adam(g) for key, g in groups.items()}
+        self.param_groups: list[dict[str, Any]] = [g for opt in self._by_frame.values() for g in opt.param_groups]
+
+    def __contains__(self, kf: Keyframe) -> bool:
+        return id(kf) in self._by_frame
+
+    def params(self, kf: Keyframe) -> list[Tensor]:
+        """``kf``'s optimized tensors (empty if it has none here)."""
+        opt = self._by_frame.get(id(kf))
+        return [] if opt is None else [p for g in opt.param_groups for p in g["params"]]
+
+    def zero_grad(self, kf: Keyframe) -> None:
+        """Drop the gradients of ``kf``'s parameters."""
+        for p in self.params(kf):
+            p.grad = None
+
+    def step(self, kf: Keyframe) -> None:
+        """Adam step on ``kf``'s parameters."""
+        opt = self._by_frame.get(id(kf))
+        if opt is not None:
+            opt.step()
 
 
 class Mapper:
@@ -189,15 +225,15 @@ class Mapper:
         k = kf.intrinsics.matrix(torch.float64)
         return render_exposure(scene, pose, twist, k, self.render_settings(kf), self.subframes(kf), groups or None)
 
-    def _pose_optimizer(self, keyframes: list[Keyframe]) -> torch.optim.Adam | None:
+    def _pose_optimizer(self, keyframes: list[Keyframe]) -> CameraOptimizer | None:
         """Adam over the pose corrections, exposure twists, affine exposures and motion-group poses / twists."""
-        params = []
+        groups: dict[int, list[dict[str, Any]]] = {}
         m = self.cfg.mapping
         for kf in keyframes:
             if kf.fixed:
                 continue
             kf.delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
-            params.append({"params": [kf.delta], "lr": m.lr_pose})
+            params = [{"params": [kf.delta], "lr": m.lr_pose}]
             if m.affine_exposure:
                 kf.exposure = kf.exposure.detach().clone().requires_grad_(True)
                 params.append({"params": [kf.exposure], "lr": m.lr_affine})
@@ -210,7 +246,8 @@ class Mapper:
                 if self.cfg.blur.enabled and g in kf.group_twists:
                     kf.group_twists[g] = kf.group_twists[g].detach().clone().requires_grad_(True)
                     params.append({"params": [kf.group_twists[g]], "lr": m.lr_exposure})
-        return torch.optim.Adam(params) if params else None
+            groups[id(kf)] = params
+        return CameraOptimizer(groups) if groups else None
 
     def optimize(
         self,
@@ -365,11 +402,11 @@ class Mapper:
             return newest
         return frames[int(self.rng.integers(len(frames)))]
 
-    def _step(self, kf: Keyframe, gaussians: bool, pose: bool, pose_opt: torch.optim.Optimizer | None) -> float:
+    def _step(self, kf: Keyframe, gaussians: bool, pose: bool, pose_opt: CameraOptimizer | None) -> float:
         self.steps += 1
         self.gmap.zero_grad()
         if pose_opt is not None:
-            pose_opt.zero_grad(set_to_none=True)
+            pose_opt.zero_grad(kf)
         scene = scene_tensors(self.gmap, detach=not gaussians)
         pred, _ = self._render_keyframe(kf, scene, pose_grad=pose)
         pred = kf.observed(pred)
@@ -395,9 +432,7 @@ class Mapper:
             loss.backward()
         grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.gmap.params.values())
         if pose and pose_opt is not None:
-            grads_ok &= all(
-                p.grad is None or bool(torch.isfinite(p.grad).all()) for g in pose_opt.param_groups for p in g["params"]
-            )
+            grads_ok &= all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in pose_opt.params(kf))
         if not grads_ok:
             return float("nan")
         if gaussians and self.gradients is not None:
@@ -405,7 +440,7 @@ class Mapper:
         if gaussians:
             self.gmap.step()
         if pose and pose_opt is not None:
-            pose_opt.step()
+            pose_opt.step(kf)
         return float(loss.detach())
 
     # ---------------------------------------------------- densify and prune

@@ -12,7 +12,7 @@ from posegs_ros.config import PosegsConfig, apply_flat
 from posegs_ros.geometry import se3_inverse, transform_points
 from posegs_ros.scene.gaussians import GaussianMap
 from posegs_ros.scene.keyframes import Keyframe
-from posegs_ros.mapping.mapper import GUESS_MAX_GAP_STRIDES, Mapper
+from posegs_ros.mapping.mapper import GUESS_MAX_GAP_STRIDES, CameraOptimizer, Mapper
 from posegs_ros.tracking.tracker import twist_units
 
 
@@ -199,7 +199,7 @@ def test_camera_learns_from_static_pixels_only_when_a_group_covers_an_object(sma
         opt = mapper._pose_optimizer([kf])
         mapper._step(kf, gaussians=False, pose=True, pose_opt=opt)
         grads = kf.delta.grad.clone(), kf.group_deltas[1].grad.clone()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(kf)
         return grads
 
     image = f0.blurred.copy()
@@ -355,3 +355,33 @@ def test_the_visible_surface_moves_to_a_new_depth_and_hidden_or_moving_gaussians
     growth = (gmap.log_scales.detach() - before_scales)[changed]
     assert torch.allclose(growth, ratio[changed].log()[:, None].float().expand_as(growth), atol=1e-4)
     assert not changed[surface:].any()  # the hidden layer and the group's Gaussians stay
+
+
+def test_camera_optimizer_steps_one_keyframe_as_one_adam_over_all_of_them_would() -> None:
+    """Per-keyframe Adams, stepped only for the keyframe that got gradients, match a single Adam
+    over every keyframe's parameter groups bit for bit, learning-rate changes included."""
+    frames = [object() for _ in range(4)]
+    rng = np.random.default_rng(3)
+    start = [[torch.from_numpy(rng.normal(size=6)), torch.from_numpy(rng.normal(size=2))] for _ in frames]
+    mine = [[t.clone().requires_grad_(True) for t in ts] for ts in start]
+    theirs = [[t.clone().requires_grad_(True) for t in ts] for ts in start]
+    ours = CameraOptimizer({id(kf): [{"params": [a], "lr": 0.01}, {"params": [b], "lr": 0.002}]
+                            for kf, (a, b) in zip(frames, mine)})
+    single = torch.optim.Adam([{"params": [p], "lr": lr} for a, b in theirs for p, lr in ((a, 0.01), (b, 0.002))])
+    assert len(ours.param_groups) == len(single.param_groups) == 8
+    for step in range(12):
+        i = int(rng.integers(len(frames)))
+        for g_ours, g_single in zip(ours.param_groups, single.param_groups):
+            g_ours["lr"] = g_single["lr"] = g_single["lr"] * 0.9
+        ours.zero_grad(frames[i])
+        single.zero_grad(set_to_none=True)
+        target = torch.from_numpy(rng.normal(size=6))
+        for params in (mine[i], theirs[i]):
+            ((params[0] - target) ** 2).sum().add((params[1] ** 3).sum()).backward()
+        assert ours.params(frames[i]) == mine[i]
+        ours.step(frames[i])
+        single.step()
+    for a, b in zip(mine, theirs):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    assert frames[0] in ours and object() not in ours
