@@ -129,3 +129,5 @@ def test_a_commands_preset_overlay_sits_between_the_preset_and_explicit_settings
 def test_a_negative_window_means_rate_factor_is_refused() -> None:
     with pytest.raises(ConfigError, match="window_means_lr_factor must be >= 0"):
         apply_flat(PosegsConfig(), {"mapping.window_means_lr_factor": -0.1})
+    with pytest.raises(ConfigError, match="final_means_lr_factor must be >= 0"):
+        apply_flat(PosegsConfig(), {"mapping.final_means_lr_factor": -1.0})

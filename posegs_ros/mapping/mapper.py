@@ -320,7 +320,8 @@ class Mapper:
         try:
             return self._run([("joint", iterations)], list(views), pose_frames, None, None, stats,
                              pick=lambda: views[next(visits)], final_lr_factor=m.final_lr_factor,
-                             appearance_boost=m.final_lr_boost, between_steps=between_steps)
+                             appearance_boost=m.final_lr_boost, between_steps=between_steps,
+                             means_lr_factor=m.final_means_lr_factor)
         finally:
             self.gradients = None
 

@@ -342,3 +342,58 @@ def project_backward(
             v_quats[g, 1] = gx
             v_quats[g, 2] = gy
             v_quats[g, 3] = gz
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def count_visible(counter, n_items, block, radii, block_counts):
+    """Entries with both radii > 0 in each block of ``block`` of the ``n_items`` flattened
+    ``[C * N]`` entries (``radii`` [C * N, 2]), into ``block_counts`` [n_blocks]."""
+    while True:
+        b = claim(counter)
+        start = b * block
+        if start >= n_items:
+            break
+        k = 0
+        for i in range(start, min(n_items, start + block)):
+            if radii[i, 0] > 0 and radii[i, 1] > 0:
+                k += 1
+        block_counts[b] = k
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def pack_visible(
+    counter, n_items, block, n, block_starts, radii, means2d, depths, conics, bounds,
+    p_radii, p_means2d, p_depths, p_conics, p_bounds, ids, elements,
+):  # fmt: skip
+    """gsplat's packing: the visible entries (both radii > 0) of the flattened ``[C * N]``
+    projection results, in row-major order (block ``b``'s from slot ``block_starts[b]`` on),
+    into the ``p_*`` arrays; ``ids`` [2, nnz] gets each one's camera and Gaussian, ``elements``
+    [C * N] each entry's slot (-1: not visible)."""
+    while True:
+        b = claim(counter)
+        start = b * block
+        if start >= n_items:
+            break
+        k = block_starts[b]
+        cam = start // n
+        cam_end = (cam + 1) * n  # first entry of the next camera
+        for i in range(start, min(n_items, start + block)):
+            while i >= cam_end:
+                cam += 1
+                cam_end += n
+            if radii[i, 0] > 0 and radii[i, 1] > 0:
+                p_radii[k, 0] = radii[i, 0]
+                p_radii[k, 1] = radii[i, 1]
+                p_means2d[k, 0] = means2d[i, 0]
+                p_means2d[k, 1] = means2d[i, 1]
+                p_depths[k] = depths[i]
+                p_conics[k, 0] = conics[i, 0]
+                p_conics[k, 1] = conics[i, 1]
+                p_conics[k, 2] = conics[i, 2]
+                p_bounds[k] = bounds[i]
+                ids[0, k] = cam
+                ids[1, k] = i - cam * n
+                elements[i] = k
+                k += 1
+            else:
+                elements[i] = -1

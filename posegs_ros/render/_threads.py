@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-__all__ = ["num_threads", "run_blocks", "run_shared", "set_thread_budget", "thread_budget"]
+__all__ = ["num_threads", "run_blocks", "run_calls", "run_shared", "set_thread_budget", "thread_budget"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -93,6 +93,12 @@ def _run(calls: list[Callable[[], Any]]) -> None:
             # machine a helper can wait a whole scheduler time slice before it runs.
             if not future.cancel():
                 future.result()  # waits for a running helper, re-raises a kernel's exception
+
+
+def run_calls(calls: list[Callable[[], Any]]) -> None:
+    """Run independent GIL-releasing ``calls`` (e.g. OpenCV filters, each writing its own
+    output) on the renderer's threads, each thread taking the next call when it is free."""
+    _run(calls)
 
 
 def run_shared(kernel: Callable[..., Any], items: np.ndarray, *args: Any) -> None:

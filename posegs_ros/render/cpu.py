@@ -99,6 +99,28 @@ def _sum_rows(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
     return out
 
 
+def _pack_visible(
+    radii: np.ndarray, means2d: np.ndarray, depths: np.ndarray, conics: np.ndarray, bounds: np.ndarray, n: int
+) -> tuple[np.ndarray, ...]:
+    """The visible entries (both radii > 0) of the flattened ``[C * N, ...]`` projection results,
+    row-major like gsplat: packed radii, means2d, depths, conics, bounds ``[nnz, ...]``, their
+    camera and Gaussian ids ``[2, nnz]`` and each entry's slot ``[C * N]`` (-1: not visible)."""
+    total = radii.shape[0]
+    n_blocks = -(-total // _ELEMENT_BLOCK)
+    block_starts = np.zeros(n_blocks + 1, np.int64)
+    run_blocks(pk.count_visible, total, _ELEMENT_BLOCK, radii, block_starts[1:])
+    np.cumsum(block_starts, out=block_starts)
+    nnz = int(block_starts[-1])
+    packed = tuple(np.empty((nnz, *x.shape[1:]), x.dtype) for x in (radii, means2d, depths, conics, bounds))
+    ids = np.empty((2, nnz), np.int64)
+    elements = np.empty(total, np.int64)
+    run_blocks(
+        pk.pack_visible, total, _ELEMENT_BLOCK, max(n, 1), block_starts, radii, means2d, depths, conics, bounds,
+        *packed, ids, elements,
+    )  # fmt: skip
+    return (*packed, ids, elements)
+
+
 class ProjectGaussians(torch.autograd.Function):
     """EWA projection (numba); gradients to means, quats, scales and viewmats.
 
@@ -146,14 +168,9 @@ class ProjectGaussians(torch.autograd.Function):
             x.reshape(c * n, *x.shape[2:]) for x in (radii, means2d, depths, conics, bounds)
         )
         if packed:
-            flat = np.flatnonzero((radii[:, 0] > 0) & (radii[:, 1] > 0))  # row-major, like gsplat
-            cam = flat // max(n, 1)
-            ids = np.stack((cam, flat - cam * n))
-            radii, means2d, depths, conics, bounds = (
-                np.take(x, flat, axis=0) for x in (radii, means2d, depths, conics, bounds)
+            radii, means2d, depths, conics, bounds, ids, elements = _pack_visible(
+                radii, means2d, depths, conics, bounds, n
             )
-            elements = np.full(c * n, -1, np.int64)
-            elements[flat] = np.arange(flat.shape[0])
         else:
             elements = np.arange(c * n, dtype=np.int64)
         ctx.elements = elements.reshape(c, n)  # type: ignore[attr-defined]

@@ -4,7 +4,8 @@
 over 11 px Gaussian windows (valid region), the last term the L1 of the residual's horizontal and
 vertical pixel differences (the error's fine detail, which a blurred view's gradient attenuates).
 On the CPU in float32 the loss and its gradient come out of one pass (:mod:`._loss_kernels`,
-OpenCV for the filtering), a few times faster than PyTorch's autograd over the same formula;
+OpenCV for the filtering; both on the renderer's threads), a few times faster than PyTorch's
+autograd over the same formula;
 elsewhere :func:`photometric_loss_reference` computes it with PyTorch operations.
 """
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..render._threads import run_blocks, run_calls
 from . import _loss_kernels as lk
 
 __all__ = ["photometric_loss", "photometric_loss_reference", "ssim"]
@@ -140,21 +142,32 @@ class _FusedPhotometricLoss(torch.autograd.Function):
             r = SSIM_WINDOW // 2
 
             def smooth(planes: np.ndarray, border: int) -> np.ndarray:  # [P, H, W*C] -> the same, filtered
-                return np.stack([
-                    cv2.sepFilter2D(p.reshape(h, w, c), -1, kernel, kernel, borderType=border).reshape(h, w * c)
-                    for p in planes
+                out = np.empty_like(planes)
+                run_calls([
+                    functools.partial(cv2.sepFilter2D, p.reshape(h, w, c), -1, kernel, kernel, dst=o.reshape(h, w, c),
+                                      borderType=border)
+                    for p, o in zip(planes, out)
                 ])
+                return out
 
             stacked = np.empty((5, h, w * c), np.float32)
-            lk.ssim_inputs(x, y, stacked)
+            run_blocks(lk.ssim_inputs, h, lk.ROW_BLOCK, x, y, stacked)
             coef = np.zeros((3, h, w * c), np.float32)
+            rows = np.zeros(h)
+            run_blocks(lk.ssim_terms, h - 2 * r, lk.ROW_BLOCK, smooth(stacked, cv2.BORDER_REFLECT), r, c, coef, rows)
             n_valid = (h - 2 * r) * (w - 2 * r) * c
-            ssim_mean = lk.ssim_terms(smooth(stacked, cv2.BORDER_REFLECT), r, c, coef) / n_valid
+            ssim_mean = lk.ordered_sum(rows[r : h - r]) / n_valid
             ssim_scale = -ssim_weight / n_valid
             filtered = smooth(coef, cv2.BORDER_CONSTANT)
         l1_weight = 1.0 - ssim_weight if ssim_weight > 0 else 1.0
         per_channel = np.ascontiguousarray(np.repeat(mask, c, axis=1))
-        l1, diff = lk.loss_terms(x, y, per_channel, c, filtered, ssim_scale, l1_weight, gradient_weight, grad)
+        sm, smx, smy = lk.mask_sums(per_channel, c)
+        inv1, invx, invy = 1.0 / max(sm, 1.0), 1.0 / max(smx, 1.0), 1.0 / max(smy, 1.0)
+        terms = np.empty((h, 3))
+        run_blocks(lk.loss_rows, h, lk.ROW_BLOCK, x, y, per_channel, c, filtered, ssim_scale, l1_weight,
+                   gradient_weight, inv1, invx, invy, grad, terms)
+        l1 = lk.ordered_sum(terms[:, 0]) * inv1
+        diff = lk.ordered_sum(terms[:, 1]) * invx + lk.ordered_sum(terms[:, 2]) * invy if gradient_weight > 0 else 0.0
         loss = l1_weight * l1 + gradient_weight * diff
         if ssim_weight > 0:
             loss += ssim_weight * (1.0 - ssim_mean)

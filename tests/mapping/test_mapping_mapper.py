@@ -299,7 +299,8 @@ def test_the_final_refinement_grows_up_to_its_own_cap_and_restores_the_online_on
 def test_window_rounds_move_means_at_their_factor_and_the_final_refinement_at_the_full_rate(small_sequence) -> None:
     seq = small_sequence
     flat = {"mapping.gaussian_iters": 4, "mapping.pose_iters": 0, "mapping.joint_iters": 0, "blur.subframes": 1,
-            "mapping.final_grow_grad": 0.0, "mapping.final_lr_factor": 1.0, **NO_DENSIFY}
+            "mapping.final_grow_grad": 0.0, "mapping.final_lr_factor": 1.0, "mapping.final_means_lr_factor": 1.0,
+            **NO_DENSIFY}
     moved = {}
     for factor in (1.0, 0.1):
         cfg = apply_flat(PosegsConfig(), {**flat, "mapping.window_means_lr_factor": factor})
@@ -317,6 +318,22 @@ def test_window_rounds_move_means_at_their_factor_and_the_final_refinement_at_th
     # Adam's first steps move each mean by ~lr: a tenth of the rate, a tenth of the motion
     assert moved[0.1] < 0.15 * moved[1.0]
     assert final_step > 0.5 * moved[1.0]  # the final refinement is not slowed
+
+
+def test_the_final_refinement_moves_means_at_its_own_factor(small_sequence) -> None:
+    """``mapping.final_means_lr_factor`` scales the final refinement's rate of the means (Adam's
+    first steps move each mean by about its rate: three times the rate, three times the motion)."""
+    flat = {"blur.subframes": 1, "mapping.final_grow_grad": 0.0, "mapping.final_lr_factor": 1.0, **NO_DENSIFY}
+    moved = {}
+    for factor in (1.0, 3.0):
+        gmap, mapper, kf0 = seeded(small_sequence, apply_flat(PosegsConfig(), {**flat, "mapping.final_means_lr_factor": factor}))
+        kf0.image = kf0.image.flip(1)
+        lr = mapper.gmap.optimizers["means"].param_groups[0]["lr"]
+        start = gmap.means.detach().clone()
+        mapper.refine_all([kf0], 3)
+        assert mapper.gmap.optimizers["means"].param_groups[0]["lr"] == lr  # restored afterwards
+        moved[factor] = float((gmap.means.detach() - start).abs().max())
+    assert 2.5 * moved[1.0] < moved[3.0] < 3.5 * moved[1.0]
 
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from render_scenes import Scene, loss_weights, random_scene
@@ -144,3 +145,26 @@ def test_pose_only_gradients_match_full_gradients() -> None:
         assert pose_only or s.means.grad is not None
         grads.append(s.viewmats.grad)
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("cameras, gaussians", [(3, 1500), (2500, 1), (4, 0)])
+def test_packing_keeps_the_visible_entries_in_row_major_order(cameras: int, gaussians: int) -> None:
+    """The packing kernel (blocks on several threads) gives gsplat's packed layout: the entries
+    with both radii > 0, camera by camera, with their camera and Gaussian ids and each entry's
+    slot -- also when a block spans several cameras (one Gaussian) or nothing is there."""
+    from posegs_ros.render.cpu import _pack_visible
+
+    rng = np.random.default_rng(cameras)
+    total = cameras * gaussians
+    radii = rng.integers(0, 3, (total, 2)).astype(np.int32)
+    radii[: total // 3] = np.repeat(rng.random(total // 3) > 0.5, 2).reshape(-1, 2)  # runs as well as noise
+    arrays = (radii, rng.random((total, 2), dtype=np.float32), rng.random(total, dtype=np.float32),
+              rng.random((total, 3), dtype=np.float32), rng.integers(0, 9, total))
+    flat = np.flatnonzero((radii[:, 0] > 0) & (radii[:, 1] > 0))
+    *packed, ids, elements = _pack_visible(*arrays, gaussians)
+    for mine, full in zip(packed, arrays):
+        assert mine.dtype == full.dtype and np.array_equal(mine, full[flat])
+    assert np.array_equal(ids, np.stack((flat // max(gaussians, 1), flat % max(gaussians, 1))))
+    expected = np.full(total, -1)
+    expected[flat] = np.arange(len(flat))
+    assert np.array_equal(elements, expected)

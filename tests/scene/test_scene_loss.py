@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from posegs_ros.render._threads import thread_budget
 from posegs_ros.scene.loss import photometric_loss, photometric_loss_reference, ssim
 
 
@@ -149,3 +150,23 @@ def test_the_fused_loss_passes_non_finite_values_and_small_images_on() -> None:
     learnt = torch.rand(40, 50, 3, requires_grad=True)
     photometric_loss(torch.rand(40, 50, 3), learnt, 0.2).backward()
     assert learnt.grad is not None and learnt.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("ssim_weight, gradient_weight, masked", [(0.2, 0.5, True), (0.2, 0.5, False), (0.0, 1.0, True)])
+def test_the_fused_loss_does_not_depend_on_the_thread_count(ssim_weight: float, gradient_weight: float,
+                                                            masked: bool) -> None:
+    """Rows are split over the renderer's threads and their sums added in row order: one thread
+    and two give the same loss and gradient, bit for bit (odd height: a short last block)."""
+    gen = torch.Generator().manual_seed(11)
+    target = torch.rand(75, 64, 3, generator=gen)
+    pred = (target + 0.2 * torch.randn(75, 64, 3, generator=gen)).clamp(0.0, 1.0)
+    mask = (torch.rand(75, 64, generator=gen) > 0.3) if masked else None
+    results = []
+    for threads in (1, 2):
+        x = pred.clone().requires_grad_(True)
+        with thread_budget(threads):
+            loss = photometric_loss(x, target, ssim_weight, mask, gradient_weight)
+        loss.backward()
+        results.append((loss.item(), x.grad))
+    assert results[0][0] == results[1][0]
+    assert torch.equal(results[0][1], results[1][1])
