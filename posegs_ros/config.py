@@ -227,9 +227,9 @@ class MappingConfig:
     final_lr_factor: float = _f(0.02, "offline only: position and pose learning rates decay to this factor over the final refinement")
     final_lr_boost: float = _f(3.0, "offline only: colour, opacity, scale and rotation learning rates of the final refinement "
                                "start at this multiple of their online value and decay exponentially back to it (1 = no boost)")
-    final_means_lr_factor: float = _f(10.0, "offline only: the final refinement moves Gaussian means at this factor of "
-                                      "lr_means, decaying with final_lr_factor (10 instead of 1: +0.1 to +1.3 dB, fine "
-                                      "texture most; README, Suite)")
+    final_means_lr_factor: float = _f(3.0, "offline only: the final refinement moves Gaussian means at this factor of "
+                                      "lr_means, decaying with final_lr_factor (3 instead of 1: +0.1 to +0.7 dB on every "
+                                      "sequence measured, fine texture most; README, Suite)")
     final_densify_error: float = _f(0.05, "offline only: densify_error of the final refinement (finer detail than online)")
     final_densify_stride: int = _f(2, "offline only: densify_stride of the final refinement")
     final_grow_grad: float = _f(0.3, "offline only: split (footprint over 1 px) or clone every Gaussian whose view-space "
