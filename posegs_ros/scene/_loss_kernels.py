@@ -133,7 +133,7 @@ def loss_rows(
     respect to ``x`` into ``grad`` ``[H, W*C]``, the SSIM part from the filtered ``a, b, c`` maps
     ``filtered`` ``[3, H, W*C]`` (unused when ``ssim_scale`` is 0)."""
     h, n = x.shape
-    res = np.empty((3, n), np.float32)  # residual of rows i - 1, i, i + 1
+    res = np.empty((3, n), np.float32)  # residuals of three consecutive rows, row j in slot j % 3
     sx_row = np.zeros(n + c, np.float64)  # signed, weighted horizontal terms of the row (t >= c)
     sy_prev = np.zeros(n, np.float64)  # signed, weighted vertical terms between rows i - 1 and i
     sy_next = np.zeros(n, np.float64)  # ... between rows i and i + 1
@@ -142,13 +142,16 @@ def loss_rows(
         if start >= n_items:
             break
         for i in range(start, min(n_items, start + block)):
-            for k in range(3):
-                if 0 <= i - 1 + k < h:
+            # a block's first row fills rows i - 1 .. i + 1; the next ones only row i + 1 (the
+            # others and the vertical terms above them carry over from the row before)
+            for j in range(i - 1 if i == start else i + 1, min(h, i + 2)):
+                if j >= 0:
                     for t in range(n):
-                        res[k, t] = x[i - 1 + k, t] - y[i - 1 + k, t]
+                        res[j % 3, t] = x[j, t] - y[j, t]
+            cur = i % 3
             row_l1 = 0.0
             for t in range(n):
-                r = np.float64(res[1, t])
+                r = np.float64(res[cur, t])
                 m = np.float64(mask[i, t])
                 row_l1 += abs(r) * m
                 g = l1_weight * m * inv1 * _sign(r)
@@ -159,25 +162,29 @@ def loss_rows(
             row_y = 0.0
             if gradient_weight > 0.0:
                 for t in range(c, n):
-                    d = np.float64(res[1, t]) - res[1, t - c]
+                    d = np.float64(res[cur, t]) - res[cur, t - c]
                     wt = np.float64(mask[i, t]) * mask[i, t - c]
                     row_x += abs(d) * wt
                     sx_row[t] = gradient_weight * wt * invx * _sign(d)
-                if i + 1 < h:
+                if i == 0:
+                    sy_prev[:] = 0.0
+                elif i == start:
+                    prv = (i - 1) % 3
                     for t in range(n):
-                        d = np.float64(res[2, t]) - res[1, t]
+                        d = np.float64(res[cur, t]) - res[prv, t]
+                        wt = np.float64(mask[i - 1, t]) * mask[i, t]
+                        sy_prev[t] = gradient_weight * wt * invy * _sign(d)
+                else:
+                    sy_prev, sy_next = sy_next, sy_prev
+                if i + 1 < h:
+                    nxt = (i + 1) % 3
+                    for t in range(n):
+                        d = np.float64(res[nxt, t]) - res[cur, t]
                         wt = np.float64(mask[i, t]) * mask[i + 1, t]
                         row_y += abs(d) * wt
                         sy_next[t] = gradient_weight * wt * invy * _sign(d)
                 else:
                     sy_next[:] = 0.0
-                if i > 0:
-                    for t in range(n):
-                        d = np.float64(res[1, t]) - res[0, t]
-                        wt = np.float64(mask[i - 1, t]) * mask[i, t]
-                        sy_prev[t] = gradient_weight * wt * invy * _sign(d)
-                else:
-                    sy_prev[:] = 0.0
                 for t in range(n):  # pixel t gains where it is the later of a pair, loses where the earlier
                     grad[i, t] += sx_row[t] - sx_row[t + c] + sy_prev[t] - sy_next[t]
             row_terms[i, 0] = row_l1
