@@ -522,7 +522,6 @@ def test_object_motion_convention_and_exact_recovery() -> None:
     o_prev = exp([0.3, 0.1, 3.5, 0.1, -0.2, 0.05])
     o_curr = o_prev @ exp([0.08, -0.03, 0.05, 0.02, 0.04, -0.03])
     truth = o_curr @ np.linalg.inv(o_prev)
-    cam_prev = exp([0.0, 0.0, 0.0, 0.0, 0.01, 0.0])
     cam_curr = exp([0.1, 0.02, 0.05, 0.01, -0.02, 0.0])
     pts = _box_points(800, 0)  # map points (previous time)
     pixels = project(cam_curr, (truth @ np.c_[pts, np.ones(len(pts))].T).T[:, :3])
