@@ -360,6 +360,10 @@ class PosegsConfig:
                      "setting given explicitly (README, Presets)")
     seed: int = _f(0, "random seed (runs are deterministic on CPU given the seed)")
     threads: int = _f(0, "CPU threads the engine keeps busy (0 = all cores; concurrent mode: one tracks, the rest map)")
+    max_image_width: int = _f(0, "frames wider than this (pixels) are scaled down to it (area filter, aspect kept, "
+                              "intrinsics scaled to match) before the engine sees them: tracking, mapping and the "
+                              "live outputs (~/deblurred, ~/depth) run at that size, posegs replay's deblurred/ come "
+                              "at the camera's; 0 = as given (a 640x480 camera at 320: a quarter of the pixels)")
     render: RenderConfig = field(default_factory=RenderConfig)
     init: InitConfig = field(default_factory=InitConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -368,6 +372,10 @@ class PosegsConfig:
     blur: BlurConfig = field(default_factory=BlurConfig)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_image_width != 0 and self.max_image_width < 32:
+            raise ConfigError(f"max_image_width must be 0 (as given) or at least 32 pixels, got {self.max_image_width}")
 
 
 # name -> settings it changes (dotted names); every other setting keeps its default. "balanced"

@@ -315,7 +315,7 @@ class Reconstructor:
         self._history: list[_FrameRecord] = []  # the last tracked frames (constant-velocity prediction)
         self._lost_run = 0
         self._intrinsics: Intrinsics | None = None  # the map's camera (after focal calibration)
-        self._input_intrinsics: Intrinsics | None = None  # the camera as the frames give it
+        self._input_intrinsics: Intrinsics | None = None  # the camera as the frames give it (working size)
         self._scene_scale = 1.0
         self._keyframe_stamps: list[float] = []  # of every keyframe handed to mapping, by id
         self._pending_poses: dict[int, np.ndarray] = {}  # keyframe id -> [4, 4] until a snapshot has it
@@ -375,6 +375,7 @@ class Reconstructor:
                 differs from the map's (callers reset or skip; the map is untouched).
         """
         self._validate(frame)
+        frame = self._working_frame(frame)
         self._enter_thread()
         result = self._process(frame)
         if self._calibration_frames is not None:
@@ -383,6 +384,22 @@ class Reconstructor:
             if restarted is not None:
                 result = restarted
         return result
+
+    def working_intrinsics(self, intrinsics: Intrinsics) -> Intrinsics:
+        """The camera of frames given with ``intrinsics`` once scaled down to ``max_image_width``
+        (the size the engine works at; before the focal self-calibration)."""
+        width = self.config.max_image_width
+        if width <= 0 or intrinsics.width <= width:
+            return intrinsics
+        return intrinsics.scaled(width, max(1, round(intrinsics.height * width / intrinsics.width)))
+
+    def _working_frame(self, frame: Frame) -> Frame:
+        """``frame`` at the working size (:meth:`working_intrinsics`; area filter), else as it is."""
+        intrinsics = self.working_intrinsics(frame.intrinsics)
+        if intrinsics == frame.intrinsics:
+            return frame
+        image = cv2.resize(frame.image, (intrinsics.width, intrinsics.height), interpolation=cv2.INTER_AREA)
+        return replace(frame, image=image, intrinsics=intrinsics)
 
     def calibrated(self, intrinsics: Intrinsics) -> Intrinsics:
         """The camera the map uses for frames given with ``intrinsics`` (focal self-calibration applied)."""
@@ -539,9 +556,10 @@ class Reconstructor:
             raise FrameError(f"frame stamp must be finite, got {frame.stamp}")
         if self._last_stamp is not None and frame.stamp <= self._last_stamp:
             raise FrameError(f"frame stamp {frame.stamp:.6f} s does not increase (previous {self._last_stamp:.6f} s)")
-        if self._input_intrinsics is not None and frame.intrinsics != self._input_intrinsics:
+        if self._input_intrinsics is not None and self.working_intrinsics(frame.intrinsics) != self._input_intrinsics:
             raise FrameError(
-                f"camera changed from {self._input_intrinsics} to {frame.intrinsics}; reset() to start a new map"
+                f"camera changed from {self._input_intrinsics} to {self.working_intrinsics(frame.intrinsics)}; reset() to "
+                "start a new map"
             )
 
     def _image_tensor(self, frame: Frame) -> torch.Tensor:
@@ -1351,8 +1369,8 @@ class Reconstructor:
         recorded it (``TrajectoryPoint.exposure``); default the map's own brightness.
         ``map_index``: render the map that was current then (``TrajectoryPoint.map_index``; a
         re-initialization retires a map); default the newest. Safe from any thread (it renders a
-        snapshot). ``intrinsics``: the camera as the frames gave it (the focal self-calibration
-        is applied here).
+        snapshot). ``intrinsics``: the camera as the frames gave it, at the size wanted (the focal
+        self-calibration is applied here; a map built at ``max_image_width`` renders at any size).
         """
         return self._render_map(pose, self.calibrated(intrinsics), group_poses, exposure, map_index)
 

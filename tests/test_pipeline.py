@@ -607,3 +607,44 @@ def test_focal_self_calibration_restarts_the_map_with_the_focal_the_frames_need(
     calibrated = error(engine.render(traj[-1].pose, given)[0])
     as_given = error(engine._render_map(traj[-1].pose, given)[0])  # the map seen with the wrong zoom
     assert calibrated < 0.8 * as_given, (calibrated, as_given)
+
+
+def test_frames_wider_than_max_image_width_are_processed_at_that_size(small_sequence, fast_config) -> None:
+    """A camera twice the size of the working resolution (the small sequence upscaled 2x) with
+    ``max_image_width`` at the original width: the engine works at 128x96 -- live renders come at
+    that size, poses follow the ground truth as well as at the native size -- while the map still
+    renders at the camera's size on request, and a different camera is still refused."""
+    import torch
+
+    from posegs_ros.geometry import umeyama
+
+    seq = small_sequence
+    small = seq.intrinsics
+    big = small.scaled(2 * small.width, 2 * small.height)
+    cfg = dataclasses.replace(fast_config, max_image_width=small.width)
+    engine = Reconstructor(cfg)
+    assert engine.working_intrinsics(big) == small and engine.working_intrinsics(small) == small
+    results = []
+    for f in seq.frames:
+        image = cv2.resize(f.blurred, (big.width, big.height), interpolation=cv2.INTER_LINEAR)
+        results.append(engine.process(Frame(image, f.stamp, big, f.index)))
+    tracked = [r for r in results if r.has_pose]
+    assert len(tracked) >= len(results) - 20
+    assert tracked[-1].deblurred().shape == (small.height, small.width, 3)
+    assert tracked[-1].depth().shape == (small.height, small.width)
+    rgb, depth = engine.render(tracked[-1].pose, big)
+    assert rgb.shape == (big.height, big.width, 3) and depth.shape == (big.height, big.width)
+    assert np.isfinite(depth).mean() > 0.5
+
+    traj = engine.trajectory()
+    assert [p.index for p in traj] == [f.index for f in seq.frames]
+    est = torch.tensor(np.array([p.pose[:3, 3] for p in traj]))
+    gt = torch.tensor(np.array([seq.frames[p.index].pose[:3, 3] for p in traj]))
+    rmse = float(((umeyama(est, gt).apply(est) - gt) ** 2).sum(1).mean().sqrt())
+    path = float((gt[1:] - gt[:-1]).norm(dim=1).sum())
+    assert rmse < 0.15 * path, (rmse, path)
+
+    other = dataclasses.replace(big, fx=big.fx * 1.1)
+    image = cv2.resize(seq.frames[-1].blurred, (big.width, big.height))
+    with pytest.raises(FrameError, match="camera changed"):
+        engine.process(Frame(image, seq.frames[-1].stamp + 1.0, other, len(seq.frames)))

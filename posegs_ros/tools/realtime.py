@@ -54,10 +54,12 @@ class RealtimeRecorder:
     subscriber would have received (camera poses on TF, renders, status after each frame).
 
     Renders are written to ``render_dir`` as they are published (``NNNN.png``, ``NNNN`` = the
-    image's index in the bag, found from its stamp in ``index_of_stamp``)."""
+    image's index in the bag, found from its stamp in ``index_of_stamp``), scaled up to ``size``
+    (the camera's width, height) when the engine works smaller (``max_image_width``)."""
 
     render_dir: Path | None
     index_of_stamp: dict[int, int]
+    size: tuple[int, int] | None = None
     object_prefix: str = "posegs_object_"
     clock: Any = time.monotonic
     poses: dict[int, np.ndarray] = field(default_factory=dict)  # stamp ns -> [4, 4] first pose sent on TF
@@ -85,7 +87,12 @@ class RealtimeRecorder:
             stamp = stamp_to_nanoseconds(msg.header.stamp)
             index = self.index_of_stamp.get(stamp)
             if index is not None:
-                atomic_write_image(self.render_dir / f"{index:04d}.png", image_to_rgb(msg))
+                rgb = image_to_rgb(msg)
+                if self.size is not None and (rgb.shape[1], rgb.shape[0]) != self.size:
+                    import cv2
+
+                    rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_LINEAR)
+                atomic_write_image(self.render_dir / f"{index:04d}.png", rgb)
                 with self._lock:
                     self.rendered.append(stamp)
 
@@ -178,6 +185,7 @@ def replay_realtime(
                     late_feeds += 1  # reading the bag fell behind the schedule (counted, not hidden)
                 if item.topic == info_topic:
                     worker.on_camera_info(item.msg)
+                    recorder.size = (int(item.msg.width), int(item.msg.height))
                     continue
                 stamp = stamp_to_nanoseconds(item.msg.header.stamp)
                 index_of_stamp[stamp] = images

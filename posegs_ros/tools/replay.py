@@ -224,6 +224,7 @@ def replay(
     """Replay ``bag_path`` through the engine and write the outputs to ``out`` (see module doc).
     A ``gt`` file that does not exist is refused before the replay (:func:`require_gt`)."""
     require_gt(gt)
+    import cv2
     import numpy as np
     from tqdm import tqdm
 
@@ -301,7 +302,10 @@ def replay(
                 atomic_write_image(staging / "deblurred" / f"{point.index:04d}.png", rgb)
                 if cfg.dynamic.enabled:
                     mask = point.dynamic_mask if point.dynamic_mask is not None else np.zeros(rgb.shape[:2], bool)
-                    atomic_write_image(staging / "masks" / f"{point.index:04d}.png", mask.astype(np.uint8) * 255)
+                    mask = mask.astype(np.uint8) * 255
+                    if mask.shape != rgb.shape[:2]:  # the engine worked smaller (max_image_width)
+                        mask = cv2.resize(mask, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_NEAREST)
+                    atomic_write_image(staging / "masks" / f"{point.index:04d}.png", mask)
             render_seconds = time.perf_counter() - t0
             if engine.initialized:
                 engine.save_map(staging / "map.ply")

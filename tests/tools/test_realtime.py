@@ -64,3 +64,24 @@ def test_realtime_replay_refuses_a_missing_ground_truth_file_before_playing(synt
     with pytest.raises(ReplayError, match="no such file"):
         replay_realtime(synthetic_bag, tmp_path / "x", fast_config, gt=tmp_path / "gt.tum", warm=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_renders_of_an_engine_working_smaller_are_recorded_at_the_camera_size(tmp_path) -> None:
+    """With ``max_image_width`` the live renders come at the working size; what the recorder writes
+    for evaluation against the camera's ground truth is scaled up to the camera's size."""
+    import cv2
+
+    from posegs_ros.io.image import rgb_to_image
+    from posegs_ros.tools.realtime import RealtimeRecorder
+
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:, 32:] = (200, 100, 50)
+    recorder = RealtimeRecorder(tmp_path, {1000: 7})
+    recorder.publish("deblurred", rgb_to_image(rgb, 1000, "camera"))
+    assert cv2.imread(str(tmp_path / "0007.png")).shape == (48, 64, 3)  # no camera size known: as published
+    recorder.size = (128, 96)
+    recorder.publish("deblurred", rgb_to_image(rgb, 1000, "camera"))
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "0007.png")), cv2.COLOR_BGR2RGB)
+    assert written.shape == (96, 128, 3)
+    assert (written[:, :60] == 0).all() and (written[:, 68:] == (200, 100, 50)).all()
+    assert recorder.rendered == [1000, 1000]
