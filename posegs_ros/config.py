@@ -223,6 +223,10 @@ class MappingConfig:
                                    "follows the sequence's length up to final_iters; 0 = final_iters steps), spread over "
                                    "the final_max_views frames it refines (16 instead of 8: +1.0 to +1.5 dB on 60-frame "
                                    "sequences; from 100 frames on final_iters caps it)")
+    final_budget_subframes: int = _f(3, "offline only: final_iters and final_steps_per_view count steps that render "
+                                     "this many sub-frames; views that render fewer (a sharp camera: 1) take more steps "
+                                     "for the same cost, up to (0.5 + this) / (0.5 + their mean) times as many (a step "
+                                     "costs about half a sub-frame more than its renders); 0 = steps as counted")
     final_rounds: int = _f(1, "offline only: alternations of joint refinement and flow-based re-tracking of every frame")
     final_lr_factor: float = _f(0.02, "offline only: position and pose learning rates decay to this factor over the final refinement")
     final_lr_boost: float = _f(3.0, "offline only: colour, opacity, scale and rotation learning rates of the final refinement "
@@ -258,6 +262,9 @@ class MappingConfig:
             raise ConfigError(f"mapping.final_photometric_weight must be >= 0, got {self.final_photometric_weight}")
         if self.final_max_gaussians < 0:
             raise ConfigError(f"mapping.final_max_gaussians must be >= 0 (0 = max_gaussians), got {self.final_max_gaussians}")
+        if self.final_budget_subframes < 0:
+            raise ConfigError(f"mapping.final_budget_subframes must be >= 0 (0 = steps as counted), got "
+                              f"{self.final_budget_subframes}")
 
 
 @dataclass

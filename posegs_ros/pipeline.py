@@ -207,6 +207,20 @@ def camera_period(steps: Iterable[float]) -> float | None:
     return float(arr[arr >= 0.5 * np.median(arr)].min())
 
 
+STEP_OVERHEAD_SUBFRAMES = 0.5  # a mapping step's cost beyond its sub-frame renders, in renders (~15 + 30 S ms)
+
+
+def final_steps_for_cost(steps: int, subframes: list[int], budget_subframes: int) -> int:
+    """The final refinement's step count: ``steps`` counted at ``budget_subframes`` sub-frames a
+    step, for views that render ``subframes`` (one per view) -- more steps for the same cost where
+    they render fewer (never fewer steps; ``budget_subframes`` 0 or no views: ``steps``)."""
+    if budget_subframes <= 0 or not subframes:
+        return steps
+    mean = float(np.mean(subframes))
+    scale = (STEP_OVERHEAD_SUBFRAMES + budget_subframes) / (STEP_OVERHEAD_SUBFRAMES + mean)
+    return int(round(steps * max(scale, 1.0)))
+
+
 def _neighbours(order: list[int], index: int) -> list[int]:
     """Positions in the ascending ``order`` of the entries just before and just after ``index``
     (one at either end, none when ``order`` is empty)."""
@@ -1089,6 +1103,9 @@ class Reconstructor:
         frames = [v for _, v in views]
         if iterations is None and self.config.mapping.final_steps_per_view > 0:
             iters = min(iters, self.config.mapping.final_steps_per_view * tracked)
+        if iterations is None:
+            iters = final_steps_for_cost(iters, [backend.mapper.subframes(v) for v in frames],
+                                         self.config.mapping.final_budget_subframes)
         rounds = max(self.config.mapping.final_rounds, 1)
         stats = MappingStats(views=len(frames))
         self._retrack_groups(frames)  # online group poses come from frame-to-frame flow: refit first

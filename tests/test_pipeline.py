@@ -387,6 +387,39 @@ def test_frames_beyond_the_refinement_limit_are_tracked_against_the_refined_map(
     assert psnr(tracked, rest) > psnr(untracked, rest) + 0.5, (psnr(tracked, rest), psnr(untracked, rest))
 
 
+def test_final_steps_follow_what_a_step_costs() -> None:
+    """Steps counted at 3 sub-frames: views that render fewer take more steps for the same cost,
+    views that render more never take fewer."""
+    from posegs_ros.pipeline import final_steps_for_cost
+
+    assert final_steps_for_cost(960, [1] * 60, 3) == 2240  # (0.5 + 3) / (0.5 + 1)
+    assert final_steps_for_cost(960, [3] * 60, 3) == 960
+    assert final_steps_for_cost(960, [5, 7, 9], 3) == 960
+    assert final_steps_for_cost(960, [1, 3, 5], 3) == 960  # mean 3
+    assert final_steps_for_cost(960, [1] * 60, 0) == 960  # off
+    assert final_steps_for_cost(960, [], 3) == 960
+
+
+def test_a_sharp_camera_renders_one_sub_frame_and_takes_more_final_steps(small_sequence, fast_config) -> None:
+    """A camera with no exposure time (automatic sub-frames): every view of the final refinement
+    renders one sub-frame, and the refinement takes the steps its 3-sub-frame budget pays for."""
+    from posegs_ros.config import apply_flat
+
+    cfg = apply_flat(fast_config, {"blur.subframes": 0, "blur.exposure_ratio": 0.0, "blur.exposure_pairs": 0,
+                                   "mapping.final_steps_per_view": 2, "mapping.final_iters": 10_000})
+    engine = Reconstructor(cfg, keep_frames=True)
+    for f in small_sequence.frames:
+        engine.process(Frame(f.sharp, f.stamp, small_sequence.intrinsics, f.index))
+    mapper = engine.backend.mapper
+    counted: list[int] = []
+    subframes = mapper.subframes
+    mapper.subframes = lambda kf: counted.append(subframes(kf)) or counted[-1]  # type: ignore[method-assign]
+    stats = engine.finalize()
+    tracked = sum(p.state in (TrackingState.TRACKING, TrackingState.RELOCALIZED) for p in engine.trajectory())
+    assert counted and set(counted) == {1}
+    assert stats.iterations == round(2 * tracked * 3.5 / 1.5)
+
+
 def test_finalize_starts_every_view_at_the_velocity_from_its_neighbours(small_sequence, fast_config, monkeypatch) -> None:
     """finalize() hands the refinement each view's exposure twist from the poses around it
     (closer to the true exposure motion than tracking's backward difference); with

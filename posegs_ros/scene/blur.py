@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 
+SHARP_STREAK_PX = 0.1  # a blur streak shorter than this (pixels) renders as one sharp sub-frame
+
+
 def exposure_offsets(subframes: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
     """Sub-exposure times ``s`` ``[S]``: the midpoints of ``S`` equal slices of the exposure
     ``[-1/2, 1/2]`` (``(i + 1/2) / S - 1/2``; ``[0]`` for ``S = 1``).
@@ -65,13 +68,21 @@ def blur_length_px(twist: np.ndarray, fx: float, width: int, height: int, depth:
 
 
 def subframes_for_blur(length_px: float, spacing_px: float, max_subframes: int) -> int:
-    """Sub-frames that sample a streak of ``length_px`` pixels at most ``spacing_px`` apart: odd
+    """Sub-frames that sample a streak of ``length_px`` pixels at most ``spacing_px`` apart.
+
+    No streak to speak of (under :data:`SHARP_STREAK_PX`, a tenth of a pixel: a camera whose
+    exposure time measured 0, or a frame that did not move): 1, the frame renders sharp (a sharp
+    camera pays no sub-frames; its exposure twist gets no gradient and stays as seeded). Longer
+    ones: odd
     (one at ``s = 0``), at least 3 (the exposure twist keeps a gradient), at most ``max_subframes``
     (rounded down to odd)."""
     if spacing_px <= 0:
         raise ValueError(f"spacing_px must be > 0, got {spacing_px}")
+    length = max(float(length_px), 0.0) if np.isfinite(length_px) else 0.0
+    if length < SHARP_STREAK_PX:
+        return 1
     top = max(3, max_subframes - (1 - max_subframes % 2))
-    n = int(np.ceil(max(float(length_px), 0.0) / spacing_px)) + 1
+    n = int(np.ceil(length / spacing_px)) + 1
     n += 1 - n % 2
     return int(min(max(n, 3), top))
 

@@ -159,7 +159,8 @@ def commutation_curve(
     if differ < min_streak_px:
         return None
     longest = float(torch.maximum(streak_a.norm(dim=1), streak_b.norm(dim=1)).max()) * float(np.max(ratios))
-    offsets = exposure_offsets(subframes_for_blur(longest, spacing_px, max_subframes), torch.float64)
+    # at least 3 samples: every candidate ratio smears (one sample would leave the curve flat)
+    offsets = exposure_offsets(max(3, subframes_for_blur(longest, spacing_px, max_subframes)), torch.float64)
     steps = torch.as_tensor(np.asarray(ratios, np.float64))[:, None] * offsets[None]  # [R, S]
     # a smeared along b's streak, b along a's: [R, S, P] samples, averaged over the streak
     twice_a = _sample(a.gray, pix_a[None, None] + steps[..., None, None] * streak_b[None, None]).mean(1)
@@ -195,16 +196,23 @@ class ExposureRatioEstimator:
         min_streak_px: pairs whose streaks differ less than this (median, pixels) are skipped.
         max_gap: a frame step longer than this many camera periods breaks the chain (dropped frames).
         min_depth: the summed curve's least variation (``1 - min / max``) that counts as a measurement.
+        zero_tolerance: a curve whose value at ratio 0 is within this fraction of its range above
+            its minimum reads 0. A sharp pair's small misregistration (depth, poses, resampling)
+            agrees a little better once smeared by any short streak, so its minimum lands at
+            0.1-0.2 with the value at 0 only 1-3 % of the range above it (sharp synthetic rooms);
+            a blurred pair's value at 0 lies tens of % above.
     """
 
     def __init__(self, prior: float, max_pairs: int = 40, min_weight: float = 2.0, min_streak_px: float = 1.0,
-                 max_gap: float = 1.5, min_depth: float = 0.25, ratios: np.ndarray = RATIOS) -> None:
+                 max_gap: float = 1.5, min_depth: float = 0.25, ratios: np.ndarray = RATIOS,
+                 zero_tolerance: float = 0.05) -> None:
         self.prior = float(prior)
         self.max_pairs = int(max_pairs)
         self.min_weight = float(min_weight)
         self.min_streak_px = float(min_streak_px)
         self.max_gap = float(max_gap)
         self.min_depth = float(min_depth)
+        self.zero_tolerance = float(zero_tolerance)
         self.ratios = np.asarray(ratios, np.float64)
         self.curve = np.zeros(len(self.ratios))
         self.weight = 0.0
@@ -276,7 +284,8 @@ class ExposureRatioEstimator:
         None: before ``min_weight`` of pairs, or while the frames cannot tell -- the summed curve
         varies by less than ``min_depth`` of its maximum, or keeps falling to the longest
         candidate (more smearing always agrees better: noise and blur the motion does not explain,
-        not an exposure)."""
+        not an exposure). 0 when the curve at ratio 0 lies within ``zero_tolerance`` of its range
+        above the minimum: the frames agree unsmeared about as well as at the best ratio."""
         with self._lock:
             if self.weight < self.min_weight:
                 return None
@@ -285,6 +294,8 @@ class ExposureRatioEstimator:
         top = float(c.max())
         if top - c[i] < self.min_depth * top or i == len(c) - 1 or c[-1] - c[i] < 0.1 * (top - c[i]):
             return None
+        if c[0] - c[i] <= self.zero_tolerance * (top - c[i]):
+            return 0.0  # no exposure agrees about as well as the best: a sharp camera
         best = r[i]
         if 0 < i < len(c) - 1:
             den = c[i - 1] - 2.0 * c[i] + c[i + 1]

@@ -195,13 +195,16 @@ def test_roll_and_forward_motion_count_away_from_the_centre() -> None:
 
 def test_subframes_sample_the_streak_densely_enough() -> None:
     spacing = 1.5
-    for length in [0.0, 0.5, 2.9, 4.9, 9.0, 12.0]:
+    for length in [0.1, 0.5, 2.9, 4.9, 9.0, 12.0]:
         n = subframes_for_blur(length, spacing, 15)
         assert n % 2 == 1 and n >= 3
         assert length / (n - 1) <= spacing + 1e-9  # no gap between sub-frames wider than the spacing
         if n > 3:
             assert length / (n - 3) > spacing  # and no more sub-frames than that needs
     assert subframes_for_blur(9.0, spacing, 15) == 7  # a 9 px streak: 7 sub-frames, not 5
+    # no streak to speak of (a sharp camera): the frame renders sharp, one sub-frame
+    assert [subframes_for_blur(length, spacing, 15) for length in (0.0, 0.05, float("nan"))] == [1, 1, 1]
+    assert subframes_for_blur(0.1, spacing, 15) == subframes_for_blur(0.5, spacing, 15) == 3
     assert subframes_for_blur(100.0, spacing, 9) == 9  # capped
     assert subframes_for_blur(100.0, spacing, 8) == 7  # the cap rounds down to odd
     with pytest.raises(ValueError):
@@ -214,5 +217,5 @@ def test_fixed_subframes_win_over_the_blur_length() -> None:
     assert exposure_subframes(0, [pan], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 7
     # the longest streak decides: a fast object's twist next to a still camera
     assert exposure_subframes(0, [np.zeros(6), pan], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 7
-    assert exposure_subframes(0, [np.zeros(6)], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 3
+    assert exposure_subframes(0, [np.zeros(6)], INTR.fx, INTR.width, INTR.height, 2.0, 1.5, 15) == 1  # still: sharp
 

@@ -55,9 +55,10 @@ def test_the_measured_exposure_is_the_one_the_frames_were_made_with(ratio: float
         assert est.value == pytest.approx(ratio, abs=0.03), (seed, est.curve / est.weight)
 
 
-def test_a_sharp_camera_measures_a_short_exposure() -> None:
-    est = estimate(room(0.0, 2))
-    assert est.value is not None and est.value < 0.2
+def test_a_sharp_camera_measures_no_exposure() -> None:
+    for seed in (0, 2):
+        est = estimate(room(0.0, seed))
+        assert est.value == 0.0, (seed, est.curve / est.weight)
 
 
 def test_auto_exposure_between_frames_does_not_change_the_measure() -> None:
@@ -163,5 +164,9 @@ def test_a_curve_that_keeps_falling_or_hardly_varies_tells_nothing() -> None:
     assert est.value is None
     est.curve = 3.0 * (0.3 + np.abs(r - 0.6))  # deep, inside the candidates
     assert est.value == pytest.approx(0.6, abs=0.02)
+    est.curve = 3.0 * (0.3 + 0.3 * (r - 0.15) ** 2 + 0.01 * (r == 0))  # flat from 0 to 0.2: as good as none
+    assert est.value == 0.0
+    est.curve = 3.0 * (0.3 + 0.3 * (r - 0.3) ** 2)  # 0.3: unsmeared agrees clearly worse
+    assert est.value == pytest.approx(0.3, abs=0.02)
     est.weight = 1.0  # too few pairs yet
     assert est.value is None
