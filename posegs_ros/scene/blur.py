@@ -73,9 +73,8 @@ def subframes_for_blur(length_px: float, spacing_px: float, max_subframes: int) 
     No streak to speak of (under :data:`SHARP_STREAK_PX`, a tenth of a pixel: a camera whose
     exposure time measured 0, or a frame that did not move): 1, the frame renders sharp (a sharp
     camera pays no sub-frames; its exposure twist gets no gradient and stays as seeded). Longer
-    ones: odd
-    (one at ``s = 0``), at least 3 (the exposure twist keeps a gradient), at most ``max_subframes``
-    (rounded down to odd)."""
+    ones: odd (one at ``s = 0``), at least 3 (the exposure twist keeps a gradient), at most
+    ``max_subframes`` (rounded down to odd)."""
     if spacing_px <= 0:
         raise ValueError(f"spacing_px must be > 0, got {spacing_px}")
     length = max(float(length_px), 0.0) if np.isfinite(length_px) else 0.0
