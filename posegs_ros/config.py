@@ -285,6 +285,10 @@ class BlurConfig:
     final_twist_fit: bool = _f(True, "offline (finalize): before the final refinement, each frame's exposure twist is "
                                "re-estimated from its neighbours' poses (velocity at mid-exposure from a cubic in time "
                                "through two frames on each side) instead of tracking's backward difference")
+    final_bend: bool = _f(True, "offline (with final_twist_fit): the exposure path also bends with the camera's "
+                          "acceleration (second-order term of the same cubic): a straight path through a streak the "
+                          "hand turns within puts the sharp render at the streak's centroid, not at mid-exposure "
+                          "(the suite's stronger blur +3.0 dB, other sequences +0.6-0.7 dB; README, Suite)")
     live_output: str = _f("fused", "deblurred image of a live frame (node ~/deblurred, --realtime): render = the map's "
                           "sharp render | fused = render + what the map does not explain of the frame, R + (I - B(R)) "
                           "(never worse than the camera where the map is young or empty)")

@@ -52,7 +52,7 @@ from .tracking.calibration import FocalEstimate, estimate_focal_scale, track_poi
 from .tracking.flow import DenseFlow
 from .tracking.initialization import TwoViewResult, grid_samples, image_sharpness, sharp_enough, try_two_view
 from .tracking.tracker import (
-    Tracker, TrackingResolution, TrackingResult, initial_twist, interpolate_pose, neighbour_twist, predict_constant_velocity,
+    Tracker, TrackingResolution, TrackingResult, initial_twist, interpolate_pose, neighbour_path, predict_constant_velocity,
     twist_units,
 )
 
@@ -1137,8 +1137,10 @@ class Reconstructor:
 
     def _fit_view_twists(self, views: list[Keyframe], snap: MapSnapshot | None) -> None:
         """Offline: each view's exposure twist from the poses of the frames around it
-        (:func:`neighbour_twist`: the velocity at mid-exposure, where tracking's guess is the
-        motion since the previous frame). Views without a posed frame on each side keep theirs."""
+        (:func:`neighbour_path`: the velocity at mid-exposure, where tracking's guess is the
+        motion since the previous frame) and, with ``blur.final_bend``, its path's bend (the
+        acceleration: a straight path through a turning streak puts the sharp render at the
+        streak's centroid, off mid-exposure). Views without a posed frame on each side keep theirs."""
         posed = [r for r in self._records if r.map_index == self._map_index
                  and r.state not in (TrackingState.INITIALIZING, TrackingState.LOST)]
         if len(posed) < 3:
@@ -1155,9 +1157,11 @@ class Reconstructor:
             i = position.get(view.frame_index)
             if i is None:
                 continue
-            twist = neighbour_twist(stamps, poses, i, self._exposure_ratio * period, max_gap_s=2.5 * period)
-            if twist is not None:
-                view.twist_u = torch.from_numpy(twist) / view.unit
+            path = neighbour_path(stamps, poses, i, self._exposure_ratio * period, max_gap_s=2.5 * period)
+            if path is not None:
+                view.twist_u = torch.from_numpy(path[0]) / view.unit
+                if self.config.blur.final_bend:
+                    view.bend = torch.from_numpy(path[1].copy())
 
     def _recover_lost(self) -> None:
         """Offline: track the frames tracking lost online (their pose is only a prediction) once
@@ -1228,6 +1232,7 @@ class Reconstructor:
                 self._settings(view.intrinsics), exclude=exclude, refine=False, scene_scale=self._scene_scale,
                 blurred_subframes=self.backend.mapper.subframes(view) | 1,  # odd: a middle sub-frame at s = 0
                 photometric_weight=self.config.mapping.final_photometric_weight,
+                bend=None if view.bend is None else view.bend.numpy(),
             )
             if not res.lost and not res.mismatch and np.isfinite(res.pose).all():  # only a pose the map explains
                 view.pose = torch.from_numpy(res.pose.copy())

@@ -421,19 +421,21 @@ def test_a_sharp_camera_renders_one_sub_frame_and_takes_more_final_steps(small_s
 
 
 def test_finalize_starts_every_view_at_the_velocity_from_its_neighbours(small_sequence, fast_config, monkeypatch) -> None:
-    """finalize() hands the refinement each view's exposure twist from the poses around it
-    (closer to the true exposure motion than tracking's backward difference); with
-    ``blur.final_twist_fit`` off the views keep tracking's twists."""
+    """finalize() hands the refinement each view's exposure twist and path bend from the poses
+    around it (closer to the true exposure motion than tracking's backward difference); with
+    ``blur.final_twist_fit`` off the views keep tracking's twists and a straight path."""
     from posegs_ros.config import apply_flat
     from posegs_ros.mapping.mapper import Mapper
-    from posegs_ros.tracking.tracker import neighbour_twist
+    from posegs_ros.tracking.tracker import neighbour_path
 
     seq = small_sequence
     started: dict[int, np.ndarray] = {}
+    bends: dict[int, np.ndarray | None] = {}
 
     def capture(self, views, iterations):  # type: ignore[no-untyped-def]
         for v in views:  # the first round's start
             started.setdefault(v.frame_index, v.twist().detach().numpy().copy())
+            bends.setdefault(v.frame_index, None if v.bend is None else v.bend.numpy().copy())
         return original(self, views, 1)
 
     original = Mapper.refine_all
@@ -441,6 +443,7 @@ def test_finalize_starts_every_view_at_the_velocity_from_its_neighbours(small_se
 
     def finished(fit: bool) -> tuple[Reconstructor, dict[int, np.ndarray], dict[int, tuple[float, np.ndarray]]]:
         started.clear()
+        bends.clear()
         engine = Reconstructor(apply_flat(fast_config, {"blur.final_twist_fit": fit}), keep_frames=True)
         for f in seq.frames:
             engine.process(Frame(f.blurred, f.stamp, seq.intrinsics, f.index))
@@ -452,6 +455,7 @@ def test_finalize_starts_every_view_at_the_velocity_from_its_neighbours(small_se
         return engine, dict(started), before
 
     engine, twists, poses = finished(True)
+    fitted_bends = dict(bends)
     order = sorted(poses)
     stamps = np.array([poses[i][0] for i in order])
     stack = np.stack([poses[i][1] for i in order])
@@ -459,8 +463,9 @@ def test_finalize_starts_every_view_at_the_velocity_from_its_neighbours(small_se
     inner = [k for k, i in enumerate(order) if 2 <= k < len(order) - 2 and i in twists]
     assert len(inner) > 10
     for k in inner:
-        expected = neighbour_twist(stamps, stack, k, exposure, 2.5 * engine._stamp_period)
-        assert np.allclose(twists[order[k]], expected, atol=1e-9)
+        twist, bend = neighbour_path(stamps, stack, k, exposure, 2.5 * engine._stamp_period)
+        assert np.allclose(twists[order[k]], twist, atol=1e-9)
+        assert fitted_bends[order[k]] is not None and np.allclose(fitted_bends[order[k]], bend, atol=1e-12)
 
     # against the truth (rotation: free of the map's scale), from the path's own sub-frame poses
     def true_rotation(i: int) -> np.ndarray:  # first to last sub-frame, stretched to the whole exposure
@@ -472,6 +477,7 @@ def test_finalize_starts_every_view_at_the_velocity_from_its_neighbours(small_se
         return so3_log(torch.from_numpy(rel[:3, :3])).numpy() * span / (span - 1)
 
     _, kept, _ = finished(False)
+    assert all(b is None for b in bends.values())
     fitted_err = np.median([np.linalg.norm(twists[order[k]][3:] - true_rotation(order[k])) for k in inner])
     kept_err = np.median([np.linalg.norm(kept[order[k]][3:] - true_rotation(order[k])) for k in inner])
     assert fitted_err < 0.9 * kept_err, (fitted_err, kept_err)  # 128x96: noisier poses than at 320x240

@@ -223,7 +223,8 @@ class Mapper:
                 e = torch.zeros_like(e)
             groups[g] = (m, e) if pose_grad else (m.detach(), e.detach())
         k = kf.intrinsics.matrix(torch.float64)
-        return render_exposure(scene, pose, twist, k, self.render_settings(kf), self.subframes(kf), groups or None)
+        return render_exposure(scene, pose, twist, k, self.render_settings(kf), self.subframes(kf), groups or None,
+                               bend=kf.bend if blur_on else None)
 
     def _pose_optimizer(self, keyframes: list[Keyframe]) -> CameraOptimizer | None:
         """Adam over the pose corrections, exposure twists, affine exposures and motion-group poses / twists."""

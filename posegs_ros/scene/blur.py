@@ -1,7 +1,8 @@
 """The exposure blur model and the photometric loss.
 
 A blurred frame is predicted as the mean of ``S`` sharp renders at sub-exposure poses
-``T(s) = T @ exp(s * d)``, ``s`` at the midpoints of ``S`` equal slices of ``[-1/2, 1/2]``;
+``T(s) = T @ exp(s * d)`` (offline also ``T @ exp(s * d + s^2 * b)``, a path that bends with
+the camera's acceleration), ``s`` at the midpoints of ``S`` equal slices of ``[-1/2, 1/2]``;
 moving objects add their own ``M_g(s) = M_g @ exp(s * e_g)`` per motion group.  The deblurred
 output is the render at ``s = 0``; :mod:`posegs_ros.scene.loss` compares it with the frame.
 """
@@ -98,9 +99,13 @@ def exposure_subframes(
     return subframes_for_blur(length, spacing_px, max_subframes)
 
 
-def exposure_poses(pose: Tensor, twist: Tensor, offsets: Tensor) -> Tensor:
-    """Sub-exposure poses ``[S, 4, 4]`` = ``pose @ exp(s * twist)`` for ``pose`` ``[4, 4]``, ``twist`` ``[6]``."""
-    return pose[None] @ se3_exp(offsets[:, None] * twist[None])
+def exposure_poses(pose: Tensor, twist: Tensor, offsets: Tensor, bend: Tensor | None = None) -> Tensor:
+    """Sub-exposure poses ``[S, 4, 4]`` = ``pose @ exp(s * twist + s^2 * bend)`` for ``pose``
+    ``[4, 4]``, ``twist`` ``[6]`` and ``bend`` ``[6]`` (None: a straight path, ``exp(s * twist)``)."""
+    xi = offsets[:, None] * twist[None]
+    if bend is not None:
+        xi = xi + (offsets[:, None] ** 2) * bend.to(twist)[None]
+    return pose[None] @ se3_exp(xi)
 
 
 @dataclass
@@ -219,12 +224,15 @@ def render_exposure(
     subframes: int,
     groups: dict[int, tuple[Tensor, Tensor]] | None = None,
     camera_from_static: bool = True,
+    bend: Tensor | None = None,
 ) -> tuple[Tensor, RenderOutput]:
     """Predicted blurred observation ``[H, W, 3]`` and the sub-frame renders.
 
     Args:
         pose: ``[4, 4]`` mid-exposure camera-to-map pose.
         twist: ``[6]`` exposure twist ``d`` (camera motion over the exposure, body frame).
+        bend: ``[6]`` second-order term of the camera's exposure path (:func:`exposure_poses`),
+            None for a straight one.
         groups: motion group id -> (``M_g`` ``[4, 4]`` object-to-map at mid-exposure,
             exposure twist ``e_g`` ``[6]``); groups not listed are hidden (:func:`move_groups`).
             Without groups all views share one rasterizer call.
@@ -235,7 +243,7 @@ def render_exposure(
             moving objects.
     """
     offsets = exposure_offsets(subframes, pose.dtype, pose.device)
-    cams = exposure_poses(pose, twist, offsets)
+    cams = exposure_poses(pose, twist, offsets, bend)
     if not groups:
         out = render_views(move_groups(scene, {}), cams, k, settings)
     else:

@@ -31,6 +31,9 @@ class Keyframe:
     intrinsics: Intrinsics
     pose: Tensor  # [4, 4] float64 mid-exposure camera-to-map
     twist_u: Tensor  # [6] float64 exposure twist in units of ``unit`` (optimized directly)
+    # [6] float64 second-order term of the exposure path (map units, not optimized): T exp(s d + s^2 bend);
+    # None = a straight path (online; offline it comes from the neighbouring poses, blur.final_bend)
+    bend: Tensor | None = None
     fixed: bool = False  # gauge keyframe: its pose is never optimized
     dynamic_mask: Tensor | None = None  # [H, W] bool, pixels of moving objects
     # [H, W] bool, pixels kept out of the loss and of densification although no motion group
@@ -143,9 +146,12 @@ def choose_replay(frozen: tuple[int, ...], mapping_round: int, every: int, rng: 
 
 def scale_twists(keyframes: list[Keyframe], factor: float) -> None:
     """Scale every keyframe's exposure twists (camera and motion groups) by ``factor`` in place
-    (a changed exposure time: the streaks scale with it); optimizer state is kept."""
+    (a changed exposure time: the streaks scale with it; a path's bend with its square); optimizer
+    state is kept."""
     with torch.no_grad():
         for kf in keyframes:
             kf.twist_u.mul_(factor)
+            if kf.bend is not None:
+                kf.bend.mul_(factor * factor)  # second order in the exposure time
             for twist in kf.group_twists.values():
                 twist.mul_(factor)

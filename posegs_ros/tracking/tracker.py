@@ -35,7 +35,7 @@ from . import _pose_kernels
 from .pose_solver import PhotometricTerm, PoseSolveResult, project_points, solve_pose
 
 __all__ = ["TrackingResult", "Tracker", "TrackingResolution", "predict_constant_velocity", "initial_twist", "neighbour_twist",
-           "twist_units"]
+           "neighbour_path", "twist_units"]
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,10 @@ def initial_twist(previous: np.ndarray, current: np.ndarray, exposure_ratio: flo
     return _pose_kernels.se3_log(np.ascontiguousarray(rel, dtype=np.float64)) * exposure_ratio
 
 
-def neighbour_twist(
-    stamps: np.ndarray, poses: np.ndarray, index: int, exposure_s: float, max_gap_s: float
-) -> np.ndarray | None:
-    """Exposure twist ``[6]`` of frame ``index`` from the poses around it: the body-frame
-    velocity at its stamp (``d/dt log(inv(P_i) P(t))`` at ``t_i``) times ``exposure_s``.
-
-    ``stamps`` ``[K]`` (seconds, increasing) and ``poses`` ``[K, 4, 4]`` of consecutive posed
-    frames. Neighbours up to two on each side within ``max_gap_s`` of the next one in: a cubic
-    in time through two on each side (the five-point derivative on even stamps), a quadratic
-    through one on each side (the central difference). The backward difference that tracking
-    makes online is late by half a frame interval: its error grows with the camera's
-    acceleration (hand-held shake turns the velocity within a frame). ``None`` without a
-    neighbour on each side.
-    """
+def _neighbour_fit(stamps: np.ndarray, poses: np.ndarray, index: int, max_gap_s: float) -> np.ndarray | None:
+    """Coefficients ``[D, 6]`` (D = 2 or 3) of a polynomial in time ``c_1 tau + c_2 tau^2 (+ c_3
+    tau^3)`` through ``log(inv(P_i) P(t_i + tau))`` of the posed neighbours of frame ``index``
+    (see :func:`neighbour_twist`); None without a neighbour on each side."""
     k = len(stamps)
     sides = []
     for step in (-1, 1):
@@ -112,8 +102,41 @@ def neighbour_twist(
     logs = np.stack([_pose_kernels.se3_log(np.ascontiguousarray(inv @ poses[j], dtype=np.float64)) for j in both])
     basis = np.stack([tau**p for p in range(1, degree + 1)], axis=1)  # [n, degree]: value 0 at t_i
     coef, *_ = np.linalg.lstsq(basis, logs, rcond=None)
-    twist = coef[0] * float(exposure_s)
-    return twist if np.isfinite(twist).all() else None
+    return coef if np.isfinite(coef).all() else None
+
+
+def neighbour_twist(
+    stamps: np.ndarray, poses: np.ndarray, index: int, exposure_s: float, max_gap_s: float
+) -> np.ndarray | None:
+    """Exposure twist ``[6]`` of frame ``index`` from the poses around it: the body-frame
+    velocity at its stamp (``d/dt log(inv(P_i) P(t))`` at ``t_i``) times ``exposure_s``.
+
+    ``stamps`` ``[K]`` (seconds, increasing) and ``poses`` ``[K, 4, 4]`` of consecutive posed
+    frames. Neighbours up to two on each side within ``max_gap_s`` of the next one in: a cubic
+    in time through two on each side (the five-point derivative on even stamps), a quadratic
+    through one on each side (the central difference). The backward difference that tracking
+    makes online is late by half a frame interval: its error grows with the camera's
+    acceleration (hand-held shake turns the velocity within a frame). ``None`` without a
+    neighbour on each side.
+    """
+    path = neighbour_path(stamps, poses, index, exposure_s, max_gap_s)
+    return None if path is None else path[0]
+
+
+def neighbour_path(
+    stamps: np.ndarray, poses: np.ndarray, index: int, exposure_s: float, max_gap_s: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exposure twist and bend ``([6], [6])`` of frame ``index`` from the poses around it: the
+    polynomial of :func:`neighbour_twist` over the exposure ``s`` in ``[-1/2, 1/2]`` (``tau = s
+    * exposure_s``) to second order, ``log(inv(P_i) P(s)) ~ s * twist + s^2 * bend``. The bend
+    is half the body-frame acceleration times ``exposure_s^2``: the streak of a camera whose
+    motion turns within the exposure is curved (it folds back where the hand reverses), and its
+    centroid is off the mid-exposure pose by about ``bend / 12``. None as :func:`neighbour_twist`."""
+    coef = _neighbour_fit(stamps, poses, index, max_gap_s)
+    if coef is None:
+        return None
+    e = float(exposure_s)
+    return coef[0] * e, coef[1] * e * e
 
 
 @dataclass
@@ -301,6 +324,7 @@ class Tracker:
         deadline: float | None = None,
         scale: float | None = None,
         photometric_weight: float | None = None,
+        bend: np.ndarray | None = None,
     ) -> TrackingResult:
         """Track one frame.
 
@@ -322,6 +346,8 @@ class Tracker:
                 ``tracking.render_scale``); blurred renders always run at full size.
             photometric_weight: weight of the photometric residuals in Gauss-Newton (``None``:
                 ``tracking.photometric_weight``).
+            bend: ``[6]`` second-order term of the blurred render's exposure path
+                (:func:`~posegs_ros.scene.blur.exposure_poses`); None = straight.
         """
         t = self.cfg.tracking
         timings = {"render": 0.0, "flow": 0.0, "gauss_newton+refine": 0.0}
@@ -356,7 +382,8 @@ class Tracker:
             with torch.no_grad():
                 if blurred_subframes > 1 and blurred_subframes % 2 == 1:
                     blurred, subs = render_exposure(
-                        scene, torch.from_numpy(pose_pass), torch.from_numpy(twist_init), k, settings, blurred_subframes
+                        scene, torch.from_numpy(pose_pass), torch.from_numpy(twist_init), k, settings, blurred_subframes,
+                        bend=None if bend is None else torch.from_numpy(bend),
                     )
                     mid = blurred_subframes // 2  # offset s = 0
                     out = RenderOutput(blurred[None], subs.depth[mid : mid + 1], subs.alpha[mid : mid + 1])

@@ -87,6 +87,38 @@ def test_blurred_render_is_mean_of_shifted_renders() -> None:
     assert energy(blurred) < 0.8 * energy(views.rgb[2])
 
 
+def test_a_bent_path_keeps_the_mid_exposure_pose_and_moves_the_streak_off_it() -> None:
+    """``T exp(s d + s^2 b)``: the sub-frame at ``s = 0`` is the pose itself; without a bend the
+    path is the straight one; a bend shifts both ends the same way (a hand turning within the
+    exposure), so the streak's centroid moves off the pose while the sharp render stays."""
+    scene = textured_wall()
+    settings = RenderSettings(INTR.width, INTR.height)
+    k = INTR.matrix(torch.float64)
+    pose = torch.eye(4, dtype=torch.float64)
+    twist = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.01, 0.0], dtype=torch.float64)
+    bend = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.12, 0.0], dtype=torch.float64)  # the yaw rate reverses in the exposure
+    offsets = exposure_offsets(5, torch.float64)
+    straight, bent = exposure_poses(pose, twist, offsets), exposure_poses(pose, twist, offsets, bend)
+    assert torch.equal(exposure_poses(pose, twist, offsets, None), straight)
+    assert torch.allclose(bent[2], pose, atol=1e-12) and torch.allclose(straight[2], pose, atol=1e-12)
+    # both ends turn the same way: yaw of the first and last sub-frames have the same sign
+    yaw = [float(p[0, 2]) for p in (bent[0], bent[4])]
+    assert yaw[0] > 0 and yaw[1] > 0
+    blurred_straight, _ = render_exposure(scene, pose, twist, k, settings, subframes=5)
+    blurred_bent, views = render_exposure(scene, pose, twist, k, settings, subframes=5, bend=bend)
+    assert torch.allclose(views.rgb[2], render_views(scene, pose[None], k, settings).rgb[0], atol=1e-6)
+    singles = [render_views(scene, p[None], k, settings).rgb[0] for p in bent]
+    assert torch.allclose(blurred_bent, torch.stack(singles).mean(0), atol=1e-5)
+
+    # the straight streak is centred on the pose; the bent one's mean yaw lies bend * mean(s^2) off it
+    def mean_yaw(poses: torch.Tensor) -> float:
+        return float(torch.atan2(poses[:, 0, 2], poses[:, 0, 0]).mean())
+
+    assert abs(mean_yaw(straight)) < 1e-12
+    assert mean_yaw(bent) == pytest.approx(0.12 * float((offsets**2).mean()), rel=1e-3)
+    assert not torch.allclose(blurred_bent, blurred_straight, atol=1e-3)
+
+
 def test_zero_twist_means_no_blur() -> None:
     scene = textured_wall()
     settings, k, pose, zero = wall_view()

@@ -183,6 +183,69 @@ def test_neighbour_twist_is_the_velocity_at_mid_exposure() -> None:
     assert neighbour_twist(gap, line, 1, exposure, 2.5 * period) is None
 
 
+def test_neighbour_path_bends_with_the_acceleration() -> None:
+    """A yaw that accelerates at a constant rate is recovered exactly (twist = rate x exposure,
+    bend = half the acceleration x exposure^2); on the shaking hand-held path the bent path
+    follows the true sub-exposure poses much closer than the straight one."""
+    from posegs_ros.tools.synth import CameraPath
+    from posegs_ros.tracking.tracker import neighbour_path
+
+    period, exposure = 1.0 / 30.0, 1.0 / 30.0
+    stamps = np.arange(7) * period
+    rate, accel = 0.4, -9.0  # rad/s, rad/s^2: the yaw rate reverses within a few frames
+    yaw = rate * stamps + 0.5 * accel * stamps**2
+    poses = np.stack([se3_exp(torch.tensor([0, 0, 0, 0, y, 0], dtype=torch.float64)).numpy() for y in yaw])
+    twist, bend = neighbour_path(stamps, poses, 3, exposure, 2.5 * period)
+    assert np.allclose(twist, [0, 0, 0, 0, (rate + accel * stamps[3]) * exposure, 0], atol=1e-9)
+    assert np.allclose(bend, [0, 0, 0, 0, 0.5 * accel * exposure**2, 0], atol=1e-9)
+    assert np.allclose(neighbour_twist(stamps, poses, 3, exposure, 2.5 * period), twist)
+    assert neighbour_path(stamps, poses, 0, exposure, 2.5 * period) is None
+
+    path = CameraPath.random(np.random.default_rng(3), shake=1.8)
+    stamps = np.arange(40) * period + 0.2
+    poses = np.stack([path.pose(t) for t in stamps])
+    offsets = np.linspace(-0.5, 0.5, 9)
+    straight_err, bent_err = [], []
+    for i in range(2, 38):
+        twist, bend = neighbour_path(stamps, poses, i, exposure, 2.5 * period)
+        for s in offsets:
+            truth = path.pose(stamps[i] + s * exposure)
+            for xi, errors in ((s * twist, straight_err), (s * twist + s * s * bend, bent_err)):
+                model = poses[i] @ se3_exp(torch.from_numpy(xi)).numpy()
+                errors.append(rotation_error_deg(model, truth))
+    assert np.mean(bent_err) < 0.5 * np.mean(straight_err), (np.mean(bent_err), np.mean(straight_err))
+
+
+def test_tracking_against_a_blurred_render_with_the_bend_finds_the_mid_exposure_pose(small_sequence) -> None:
+    """A frame whose camera turns back within the exposure (its streak folds, the centroid lies
+    off the mid-exposure pose): the final re-tracking's flow from a blurred render along the
+    straight path lands near the streak's centroid, along the bent path at the pose itself."""
+    from posegs_ros.scene.blur import render_exposure
+
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"blur.enabled": True, "mapping.gaussian_iters": 40, "mapping.pose_iters": 0,
+                                      "mapping.joint_iters": 0, "tracking.refine_steps": 0, "tracking.repass_px": 0.0})
+    gmap, mapper = map_from_ground_truth(seq, cfg)
+    tracker = Tracker(cfg, DenseFlow())
+    settings = RenderSettings(seq.intrinsics.width, seq.intrinsics.height)
+    scene = scene_tensors(gmap, True)
+    pose = torch.from_numpy(seq.frames[0].pose)
+    twist = torch.tensor([0.0, 0.0, 0.0, 0.004, 0.01, 0.0], dtype=torch.float64)
+    bend = torch.tensor([0.0, 0.0, 0.0, 0.03, 0.08, 0.0], dtype=torch.float64)  # ~3 px of fold at f = 100
+    observed, _ = render_exposure(scene, pose, twist, seq.intrinsics.matrix(torch.float64), settings, 15, bend=bend)
+    image = (observed.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    errors = {}
+    for name, b in (("straight", None), ("bent", bend.numpy())):
+        res = tracker.track(image, torch.from_numpy(image).float() / 255, seq.intrinsics, pose.numpy().copy(),
+                            twist.numpy(), scene, settings, refine=False, scene_scale=mapper.scene_scale,
+                            blurred_subframes=9, photometric_weight=0.1, bend=b)
+        assert not res.lost
+        errors[name] = rotation_error_deg(res.pose, pose.numpy())
+    centroid_deg = float(np.degrees(np.linalg.norm(bend[3:].numpy()) / 12))
+    assert errors["straight"] > 0.4 * centroid_deg, (errors, centroid_deg)
+    assert errors["bent"] < 0.3 * errors["straight"], (errors, centroid_deg)
+
+
 def test_match_brightness_scales_the_render_to_the_frame() -> None:
     """An auto-exposure step (frame 30 % brighter) is recovered from the covered pixels alone,
     however soft the render is; too little coverage leaves the render as it is."""
