@@ -75,36 +75,6 @@ def initial_twist(previous: np.ndarray, current: np.ndarray, exposure_ratio: flo
     return _pose_kernels.se3_log(np.ascontiguousarray(rel, dtype=np.float64)) * exposure_ratio
 
 
-def _neighbour_fit(stamps: np.ndarray, poses: np.ndarray, index: int, max_gap_s: float) -> np.ndarray | None:
-    """Coefficients ``[D, 6]`` (D = 2 or 3) of a polynomial in time ``c_1 tau + c_2 tau^2 (+ c_3
-    tau^3)`` through ``log(inv(P_i) P(t_i + tau))`` of the posed neighbours of frame ``index``
-    (see :func:`neighbour_twist`); None without a neighbour on each side."""
-    k = len(stamps)
-    sides = []
-    for step in (-1, 1):
-        kept, j = [], index
-        while len(kept) < 2:
-            nxt = j + step
-            if not 0 <= nxt < k or abs(float(stamps[nxt] - stamps[j])) > max_gap_s:
-                break
-            kept.append(nxt)
-            j = nxt
-        sides.append(kept)
-    if not sides[0] or not sides[1]:
-        return None
-    near = sides[0][:1] + sides[1][:1]
-    both = sides[0] + sides[1] if len(sides[0]) == 2 and len(sides[1]) == 2 else near
-    degree = 3 if len(both) == 4 else 2
-    inv = np.linalg.inv(poses[index])
-    tau = np.array([float(stamps[j] - stamps[index]) for j in both])
-    if not (np.abs(tau) > 0).all():
-        return None
-    logs = np.stack([_pose_kernels.se3_log(np.ascontiguousarray(inv @ poses[j], dtype=np.float64)) for j in both])
-    basis = np.stack([tau**p for p in range(1, degree + 1)], axis=1)  # [n, degree]: value 0 at t_i
-    coef, *_ = np.linalg.lstsq(basis, logs, rcond=None)
-    return coef if np.isfinite(coef).all() else None
-
-
 def neighbour_twist(
     stamps: np.ndarray, poses: np.ndarray, index: int, exposure_s: float, max_gap_s: float
 ) -> np.ndarray | None:
@@ -132,8 +102,30 @@ def neighbour_path(
     is half the body-frame acceleration times ``exposure_s^2``: the streak of a camera whose
     motion turns within the exposure is curved (it folds back where the hand reverses), and its
     centroid is off the mid-exposure pose by about ``bend / 12``. None as :func:`neighbour_twist`."""
-    coef = _neighbour_fit(stamps, poses, index, max_gap_s)
-    if coef is None:
+    k = len(stamps)
+    sides = []
+    for step in (-1, 1):
+        kept, j = [], index
+        while len(kept) < 2:
+            nxt = j + step
+            if not 0 <= nxt < k or abs(float(stamps[nxt] - stamps[j])) > max_gap_s:
+                break
+            kept.append(nxt)
+            j = nxt
+        sides.append(kept)
+    if not sides[0] or not sides[1]:
+        return None
+    near = sides[0][:1] + sides[1][:1]
+    both = sides[0] + sides[1] if len(sides[0]) == 2 and len(sides[1]) == 2 else near
+    degree = 3 if len(both) == 4 else 2
+    inv = np.linalg.inv(poses[index])
+    tau = np.array([float(stamps[j] - stamps[index]) for j in both])
+    if not (np.abs(tau) > 0).all():
+        return None
+    logs = np.stack([_pose_kernels.se3_log(np.ascontiguousarray(inv @ poses[j], dtype=np.float64)) for j in both])
+    basis = np.stack([tau**p for p in range(1, degree + 1)], axis=1)  # [n, degree]: value 0 at t_i
+    coef, *_ = np.linalg.lstsq(basis, logs, rcond=None)
+    if not np.isfinite(coef).all():
         return None
     e = float(exposure_s)
     return coef[0] * e, coef[1] * e * e
