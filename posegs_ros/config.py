@@ -289,6 +289,13 @@ class BlurConfig:
                           "acceleration (second-order term of the same cubic): a straight path through a streak the "
                           "hand turns within puts the sharp render at the streak's centroid, not at mid-exposure "
                           "(the suite's stronger blur +3.0 dB, other sequences +0.6-0.7 dB; README, Suite)")
+    final_precondition: float = _f(0.1, "offline: the final refinement filters the gradient that reaches a blurred view's "
+                                   "render by (1 + eps) / (|H|^2 + eps), H the frequency response of the view's streak: "
+                                   "the detail a streak attenuates, which the map otherwise learns slowest, converges as "
+                                   "fast as the rest (a sharp view, one sub-frame, is untouched; eps; 0 = off; README, Suite)")
+    final_precondition_tiles: int = _f(3, "with final_precondition: the image is split into this many tiles per side, "
+                                       "each filtered for the streak at its centre (rotation about the optical axis and "
+                                       "depth make streaks differ across the image), the results blended bilinearly")
     live_output: str = _f("fused", "deblurred image of a live frame (node ~/deblurred, --realtime): render = the map's "
                           "sharp render | fused = render + what the map does not explain of the frame, R + (I - B(R)) "
                           "(never worse than the camera where the map is young or empty)")
@@ -301,6 +308,9 @@ class BlurConfig:
             raise ConfigError(f"blur: need subframes >= 0 (0 = automatic), max_subframes >= 1 and "
                               f"subframe_spacing_px > 0, got {self.subframes}, {self.max_subframes}, "
                               f"{self.subframe_spacing_px}")
+        if not self.final_precondition >= 0 or self.final_precondition_tiles < 1:
+            raise ConfigError(f"blur: need final_precondition >= 0 (0 = off) and final_precondition_tiles >= 1, got "
+                              f"{self.final_precondition}, {self.final_precondition_tiles}")
 
 
 @dataclass

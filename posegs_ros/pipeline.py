@@ -1109,12 +1109,20 @@ class Reconstructor:
         rounds = max(self.config.mapping.final_rounds, 1)
         stats = MappingStats(views=len(frames))
         self._retrack_groups(frames)  # online group poses come from frame-to-frame flow: refit first
+        # a streak is preconditioned only when its length is known: the exposure time measured (or
+        # fixed by the user with blur.exposure_pairs 0), not the prior guessed for an unmeasurable camera
+        known = self.exposure.value is not None or self.config.blur.exposure_pairs == 0
+        precondition = self.config.blur.final_precondition if known else 0.0
+        if self.config.blur.final_precondition > 0 and not known:
+            log.info("final refinement: exposure time not measured (%.2f of the frame period assumed): "
+                     "streaks not preconditioned", self._exposure_ratio)
         for r in range(rounds):
-            part = backend.mapper.refine_all(frames, iters // rounds + (1 if r < iters % rounds else 0))
+            part = backend.mapper.refine_all(frames, iters // rounds + (1 if r < iters % rounds else 0), precondition)
             stats.iterations += part.iterations
             stats.added += part.added
             stats.pruned += part.pruned
             stats.skipped_steps += part.skipped_steps
+            stats.preconditioned_steps += part.preconditioned_steps
             stats.final_loss = part.final_loss
             if self.config.mapping.optimize_poses:
                 self._retrack(frames)

@@ -49,6 +49,10 @@ def test_errors_are_clear(tmp_path: Path) -> None:
         load_config(overrides={"blur.subframes": -1})
     with pytest.raises(ConfigError, match="subframe_spacing_px > 0"):
         load_config(overrides={"blur.subframe_spacing_px": 0.0})
+    with pytest.raises(ConfigError, match="final_precondition >= 0"):
+        load_config(overrides={"blur.final_precondition": float("nan")})
+    with pytest.raises(ConfigError, match="final_precondition_tiles >= 1"):
+        load_config(overrides={"blur.final_precondition_tiles": 0})
 
 
 def test_exponent_without_a_dot_is_a_number(tmp_path: Path) -> None:

@@ -432,7 +432,7 @@ def test_finalize_starts_every_view_at_the_velocity_from_its_neighbours(small_se
     started: dict[int, np.ndarray] = {}
     bends: dict[int, np.ndarray | None] = {}
 
-    def capture(self, views, iterations):  # type: ignore[no-untyped-def]
+    def capture(self, views, iterations, precondition=None):  # type: ignore[no-untyped-def]
         for v in views:  # the first round's start
             started.setdefault(v.frame_index, v.twist().detach().numpy().copy())
             bends.setdefault(v.frame_index, None if v.bend is None else v.bend.numpy().copy())
@@ -687,3 +687,36 @@ def test_frames_wider_than_max_image_width_are_processed_at_that_size(small_sequ
     image = cv2.resize(seq.frames[-1].blurred, (big.width, big.height))
     with pytest.raises(FrameError, match="camera changed"):
         engine.process(Frame(image, seq.frames[-1].stamp + 1.0, other, len(seq.frames)))
+
+
+@pytest.mark.parametrize("case", ["measured", "not measured", "fixed by the user"])
+def test_finalize_preconditions_streaks_only_of_a_known_exposure_time(small_sequence, fast_config, monkeypatch,
+                                                                   case: str) -> None:
+    """The final refinement filters blurred views' gradients by their streaks (``blur.final_precondition``)
+    when the exposure time is known -- measured from the frames, or fixed with ``blur.exposure_pairs``
+    0 -- and not when only the prior is assumed (a camera whose blur could not tell it)."""
+    from posegs_ros.config import apply_flat
+    from posegs_ros.mapping.mapper import Mapper
+    from posegs_ros.tracking.exposure import ExposureRatioEstimator
+
+    seen: list[float | None] = []
+    original = Mapper.refine_all
+
+    def capture(self, views, iterations, precondition=None):  # type: ignore[no-untyped-def]
+        seen.append(precondition)
+        return original(self, views, 2, precondition)
+
+    monkeypatch.setattr(Mapper, "refine_all", capture)
+    cfg = apply_flat(fast_config, {"blur.final_precondition": 0.1,
+                                   "blur.exposure_pairs": 0 if case == "fixed by the user" else 40})
+    engine = Reconstructor(cfg, keep_frames=True)
+    for f in small_sequence.frames:
+        engine.process(Frame(f.blurred, f.stamp, small_sequence.intrinsics, f.index))
+    engine.exposure = ExposureRatioEstimator(cfg.blur.exposure_ratio)  # nothing told yet: the prior
+    assert engine.exposure.value is None
+    if case == "measured":  # as if its pairs had told 0.5 (this short sequence's blur does not)
+        monkeypatch.setattr(ExposureRatioEstimator, "value", property(lambda self: 0.5))
+    stats = engine.finalize()
+    assert seen and all(p == (0.0 if case == "not measured" else 0.1) for p in seen)
+    if case == "not measured":
+        assert stats.preconditioned_steps == 0

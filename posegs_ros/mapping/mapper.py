@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..scene.blur import (
     RenderOutput, RenderSettings, SceneTensors, exposure_subframes, group_subset, move_groups,
-    render_exposure, render_views,
+    exposure_offsets, precondition_streak, render_exposure, render_views, streak_offsets, tile_centres, tile_weights,
 )
 from ..scene.loss import photometric_loss
 from ..camera import project, unproject
@@ -62,6 +62,7 @@ class MappingStats:
     pruned: int = 0
     skipped_steps: int = 0  # non-finite losses / gradients that were not applied
     views: int = 0  # frames the (final) refinement optimized
+    preconditioned_steps: int = 0  # final-refinement steps whose gradient was filtered by the view's streak
 
 
 @dataclass
@@ -131,6 +132,9 @@ class Mapper:
         self.scene_scale = 1.0  # median scene depth at initialization (map units)
         self.steps = 0  # optimization steps taken (all stages, the final refinement included)
         self.gradients: GradientStats | None = None  # accumulated while the final refinement grows the map
+        self.precondition = 0.0  # blur.final_precondition while the final refinement runs
+        self.preconditioned_steps = 0  # steps whose gradient was filtered by the view's streak
+        self._tiles: tuple | None = None  # (image size and grid, weights [K, H, W], centres [K, 2])
 
     # ------------------------------------------------------------------ setup
     def set_scene_scale(self, scale: float) -> None:
@@ -278,12 +282,13 @@ class Mapper:
         return self._run(schedule, frames, pose_frames, newest, fallback_depth, stats, between_steps=between_steps,
                          means_lr_factor=m.window_means_lr_factor)
 
-    def refine_all(self, views: list[Keyframe], iterations: int) -> MappingStats:
+    def refine_all(self, views: list[Keyframe], iterations: int, precondition: float | None = None) -> MappingStats:
         """Offline final refinement over ``views`` (keyframes and, in replay, every tracked frame).
 
         Each view is first densified where the map leaves it transparent, then ``iterations``
         joint steps (Gaussians, and poses + exposure twists unless ``mapping.optimize_poses`` is
-        off) visit the views in shuffled rounds so each is seen equally often.
+        off) visit the views in shuffled rounds so each is seen equally often. ``precondition``:
+        ``eps`` of the streak preconditioning of blurred views (None: ``blur.final_precondition``; 0: off).
         """
         stats = MappingStats()
         if len(self.gmap) == 0 or not views or iterations <= 0:
@@ -292,9 +297,14 @@ class Mapper:
         online_cap = self.gmap.max_gaussians
         self.gmap.max_gaussians = max(online_cap, m.final_max_gaussians)
         try:
-            return self._refine_all(views, iterations, stats)
+            self.precondition = self.cfg.blur.final_precondition if precondition is None else float(precondition)
+            before = self.preconditioned_steps
+            stats = self._refine_all(views, iterations, stats)
+            stats.preconditioned_steps = self.preconditioned_steps - before
+            return stats
         finally:
             self.gmap.max_gaussians = online_cap
+            self.precondition = 0.0
 
     def _refine_all(self, views: list[Keyframe], iterations: int, stats: MappingStats) -> MappingStats:
         """:meth:`refine_all` under the final refinement's cap on the number of Gaussians."""
@@ -404,13 +414,39 @@ class Mapper:
             return newest
         return frames[int(self.rng.integers(len(frames)))]
 
+    def _precondition(self, kf: Keyframe, pred: Tensor, out: RenderOutput) -> Tensor:
+        """``pred`` ``[H, W, 3]`` with its gradient filtered by the inverse attenuation of ``kf``'s
+        streak (``blur.final_precondition``), per tile of a ``blur.final_precondition_tiles`` grid:
+        each tile's streak is that of its centre at the tile's median rendered depth."""
+        mid = out.rgb.shape[0] // 2
+        depth, alpha = out.depth[mid, ..., 0].detach(), out.alpha[mid, ..., 0].detach()
+        h, w = depth.shape
+        grid = max(1, int(self.cfg.blur.final_precondition_tiles))
+        if self._tiles is None or self._tiles[0] != (h, w, grid):
+            self._tiles = ((h, w, grid), tile_weights(h, w, grid).float(), tile_centres(h, w, grid))
+        _, weights, centres = self._tiles
+        seen = alpha > 0.5
+        overall = float(depth[seen].median()) if bool(seen.any()) else self.scene_scale
+        depths = []
+        for ys, xs in ((slice(int(i * h / grid), int((i + 1) * h / grid)), slice(int(j * w / grid), int((j + 1) * w / grid)))
+                       for i in range(grid) for j in range(grid)):
+            d = depth[ys, xs][seen[ys, xs]]
+            depths.append(float(d.median()) if d.numel() >= 16 else overall)
+        streak = streak_offsets(kf.current_pose(), kf.twist(), kf.intrinsics.matrix(torch.float64),
+                                exposure_offsets(out.rgb.shape[0], torch.float64), np.array(depths),
+                                kf.bend if self.cfg.blur.enabled else None, pixels=centres)
+        return precondition_streak(pred, streak, self.precondition, weights)
+
     def _step(self, kf: Keyframe, gaussians: bool, pose: bool, pose_opt: CameraOptimizer | None) -> float:
         self.steps += 1
         self.gmap.zero_grad()
         if pose_opt is not None:
             pose_opt.zero_grad(kf)
         scene = scene_tensors(self.gmap, detach=not gaussians)
-        pred, _ = self._render_keyframe(kf, scene, pose_grad=pose)
+        pred, out = self._render_keyframe(kf, scene, pose_grad=pose)
+        if self.precondition > 0 and out.rgb.shape[0] > 1:
+            pred = self._precondition(kf, pred, out)
+            self.preconditioned_steps += 1
         pred = kf.observed(pred)
         excluded = kf.excluded()
         loss = photometric_loss(pred, kf.image, self.cfg.mapping.ssim_weight, None if excluded is None else ~excluded,

@@ -257,3 +257,100 @@ def render_exposure(
             outs.append(render_views(moved, cams[i : i + 1], k, settings))
         out = RenderOutput(*(torch.cat([getattr(o, f) for o in outs], 0) for f in ("rgb", "depth", "alpha")))
     return out.rgb.mean(0), out
+
+
+def streak_offsets(pose: Tensor, twist: Tensor, k: Tensor, offsets: Tensor, depth: float | np.ndarray,
+                   bend: Tensor | None = None, pixels: np.ndarray | None = None) -> np.ndarray:
+    """Image positions (pixels, relative to their mean over the sub-frames) of scene points seen
+    from the sub-exposure poses of :func:`exposure_poses`: ``[S, 2]`` for the point at ``depth`` on
+    the image centre's ray, or ``[P, S, 2]`` for the points at ``pixels`` ``[P, 2]`` of the
+    mid-exposure view and their ``depth`` ``[P]``."""
+    with torch.no_grad():
+        cams = exposure_poses(pose.detach().double(), twist.detach().double(), offsets.double(),
+                              None if bend is None else bend.detach().double())
+        kd = k.detach().double()
+        px = torch.tensor([[float(kd[0, 2]), float(kd[1, 2])]], dtype=torch.float64) if pixels is None \
+            else torch.as_tensor(np.asarray(pixels, np.float64))
+        z = torch.as_tensor(np.broadcast_to(np.asarray(depth, np.float64), (len(px),)).copy())
+        rays = torch.cat([px, torch.ones(len(px), 1, dtype=torch.float64)], 1) @ torch.linalg.inv(kd).T  # [P, 3]
+        mid = pose.detach().double()
+        world = (rays * z[:, None]) @ mid[:3, :3].T + mid[:3, 3]  # [P, 3]
+        cam = torch.einsum("pj,sjk->psk", world, cams[:, :3, :3]) - torch.einsum("sj,sjk->sk", cams[:, :3, 3],
+                                                                                 cams[:, :3, :3])[None]
+        uv = (cam @ kd.T)[..., :2] / cam[..., 2:3]  # [P, S, 2]
+    uv = uv.numpy()
+    uv = uv - uv.mean(1, keepdims=True)
+    return uv[0] if pixels is None else uv
+
+
+def streak_filter(streak: np.ndarray, height: int, width: int, eps: float) -> np.ndarray:
+    """``(1 + eps) / (|H|^2 + eps)`` ``[height, width // 2 + 1]`` (float32) on ``rfft2``'s frequency
+    grid, ``H`` the response of the mean of shifts by ``streak`` ``[S, 2]`` (pixels; each shift's
+    phase is separable in x and y, so ``H`` is one ``[height, S] @ [S, width // 2 + 1]`` product)."""
+    d = np.asarray(streak, np.float64)
+    fy = np.fft.fftfreq(height) * (2 * np.pi)
+    fx = np.fft.rfftfreq(width) * (2 * np.pi)
+    ey = np.exp(-1j * d[:, 1:2] * fy[None])  # [S, height]
+    ex = np.exp(-1j * d[:, 0:1] * fx[None])  # [S, W']
+    h = np.einsum("sy,sx->yx", ey, ex, optimize=False) / len(d)
+    return ((1.0 + eps) / (h.real**2 + h.imag**2 + eps)).astype(np.float32)
+
+
+def tile_weights(height: int, width: int, grid: int) -> Tensor:
+    """Partition of unity ``[grid * grid, height, width]`` over the image: bilinear hats centred on
+    the ``grid x grid`` tile centres (flat beyond the outer centres)."""
+    def hats(n: int) -> Tensor:  # [grid, n]
+        if grid == 1:
+            return torch.ones(1, n, dtype=torch.float64)
+        centres = (torch.arange(grid, dtype=torch.float64) + 0.5) * n / grid
+        x = (torch.arange(n, dtype=torch.float64) + 0.5).clamp(float(centres[0]), float(centres[-1]))
+        return (1.0 - (x[None] - centres[:, None]).abs() / (n / grid)).clamp_min(0.0)
+
+    wy, wx = hats(height), hats(width)
+    return (wy[:, None, :, None] * wx[None, :, None, :]).reshape(grid * grid, height, width)
+
+
+def tile_centres(height: int, width: int, grid: int) -> np.ndarray:
+    """Pixel centres ``[grid * grid, 2]`` (x, y) of the tiles of :func:`tile_weights`, row-major."""
+    c = (np.arange(grid) + 0.5) / grid
+    ys, xs = np.meshgrid(c * height - 0.5, c * width - 0.5, indexing="ij")
+    return np.stack([xs.ravel(), ys.ravel()], 1)
+
+
+class _StreakPreconditioner(torch.autograd.Function):
+    """Identity forward; backward filters the image gradient ``[H, W, C]`` by
+    ``(1 + eps) / (|H(w)|^2 + eps)``, ``H`` the frequency response of the streak: one streak
+    ``[S, 2]``, or one per tile ``[K, S, 2]`` with ``weights`` ``[K, H, W]`` blending the tiles' results."""
+
+    PAD = 32  # reflected border (pixels) against the filter's wrap-around
+
+    @staticmethod
+    def forward(ctx, image: Tensor, streak: np.ndarray, eps: float, weights: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.streak, ctx.eps, ctx.weights = streak, eps, weights
+        return image.view_as(image)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        # scipy's FFT on the calling thread: PyTorch's multi-threaded FFT spins against the
+        # renderer's threads and other processes on a busy 2-core machine (20x slower there)
+        import scipy.fft
+
+        pad = _StreakPreconditioner.PAD
+        h, w = grad.shape[:2]
+        g = np.pad(grad.detach().cpu().numpy().astype(np.float32, copy=False).transpose(2, 0, 1),
+                   ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+        hp, wp = g.shape[-2:]
+        spectrum = scipy.fft.rfft2(g)  # [C, hp, wp // 2 + 1]
+        streaks = ctx.streak[None] if ctx.streak.ndim == 2 else ctx.streak
+        out = np.zeros((grad.shape[2], h, w), np.float32)
+        for i, streak in enumerate(streaks):
+            part = scipy.fft.irfft2(spectrum * streak_filter(streak, hp, wp, ctx.eps), s=(hp, wp))
+            part = part[:, pad : pad + h, pad : pad + w]
+            out += part if ctx.weights is None else part * ctx.weights[i].numpy()
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(1, 2, 0))).to(grad), None, None, None
+
+
+def precondition_streak(image: Tensor, streak: np.ndarray, eps: float, weights: Tensor | None = None) -> Tensor:
+    """``image`` ``[H, W, C]`` unchanged, its gradient sharpened along ``streak`` ``[S, 2]`` (or per
+    tile: ``[K, S, 2]`` with ``weights`` ``[K, H, W]``, :func:`tile_weights`; :class:`_StreakPreconditioner`)."""
+    return _StreakPreconditioner.apply(image, streak, eps, weights)

@@ -337,6 +337,7 @@ def replay(
                     "final_refinement_seconds": final_seconds,
                     "final_refinement_steps": final.iterations,
                     "final_refinement_views": final.views,
+                    "final_refinement_preconditioned_steps": final.preconditioned_steps,
                     "final_render_seconds": render_seconds,
                     "counters": engine.stats(),
                     "calibration": engine.calibration,

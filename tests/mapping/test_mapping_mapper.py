@@ -402,3 +402,45 @@ def test_camera_optimizer_steps_one_keyframe_as_one_adam_over_all_of_them_would(
         for x, y in zip(a, b):
             assert torch.equal(x, y)
     assert frames[0] in ours and object() not in ours
+
+
+def test_the_final_refinement_preconditions_blurred_views_only(small_sequence, monkeypatch) -> None:
+    """``blur.final_precondition``: in the final refinement each step on a blurred view filters its
+    gradient with that view's streak, one per tile of the grid, each as long as the view's twist
+    makes it at the tile's rendered depth; a sharp view (no twist: one sub-frame) and the online
+    rounds are left alone, and the setting ends with the refinement."""
+    import posegs_ros.mapping.mapper as mapper_module
+    from posegs_ros.scene.blur import blur_length_px
+
+    calls: list[tuple[np.ndarray, float, torch.Tensor | None]] = []
+    real = mapper_module.precondition_streak
+
+    def spy(image, streak, eps, weights=None):
+        calls.append((streak, eps, weights))
+        return real(image, streak, eps, weights)
+
+    monkeypatch.setattr(mapper_module, "precondition_streak", spy)
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"mapping.gaussian_iters": 2, "mapping.pose_iters": 0, "mapping.joint_iters": 2,
+                                      "blur.final_precondition": 0.1, "blur.final_precondition_tiles": 3})
+    gmap, mapper, kf0 = seeded(seq, cfg)  # kf0: zero twist, one sub-frame
+    kf1 = keyframe(seq.frames[4], seq.intrinsics, mapper.scene_scale)
+    kf1.twist_u = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.04, 0.0], dtype=torch.float64) / kf1.unit[3]  # yaw 0.04 rad
+    mapper.optimize([kf0, kf1], None)
+    assert calls == []  # online rounds: never
+    assert mapper.subframes(kf0) == 1 and mapper.subframes(kf1) > 1
+    mapper.refine_all([kf0, kf1], 8)
+    assert mapper.precondition == 0.0
+    assert 1 <= len(calls) <= 8  # only the steps that visited kf1
+    streak, eps, weights = calls[0]
+    assert eps == 0.1 and streak.shape == (9, mapper.subframes(kf1), 2) and weights.shape == (9, 96, 128)
+    lengths = np.linalg.norm(streak[:, -1] - streak[:, 0], axis=1) * mapper.subframes(kf1) / (mapper.subframes(kf1) - 1)
+    expected = blur_length_px(kf1.twist().detach().numpy(), seq.intrinsics.fx, 128, 96, mapper.scene_scale)
+    assert lengths[4] == pytest.approx(expected, rel=0.1)  # a yaw: about as long everywhere
+    assert np.all(np.abs(streak[:, -1, 1] - streak[:, 0, 1]) < 0.3 * np.abs(streak[:, -1, 0] - streak[:, 0, 0]))  # sideways
+    calls.clear()
+    off = apply_flat(cfg, {"blur.final_precondition": 0.0})
+    gmap, mapper, kf0 = seeded(seq, off)
+    kf1.twist_u = kf1.twist_u.detach()
+    mapper.refine_all([kf0, kf1], 4)
+    assert calls == []
