@@ -5,6 +5,9 @@ A blurred frame is predicted as the mean of ``S`` sharp renders at sub-exposure 
 the camera's acceleration), ``s`` at the midpoints of ``S`` equal slices of ``[-1/2, 1/2]``;
 moving objects add their own ``M_g(s) = M_g @ exp(s * e_g)`` per motion group.  The deblurred
 output is the render at ``s = 0``; :mod:`posegs_ros.scene.loss` compares it with the frame.
+Offline, the gradient through a blurred prediction may be filtered by the inverse attenuation of
+its streak (:func:`precondition_streak`), so the detail the streak averages away converges as
+fast as the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ __all__ = [
     "render_exposure",
     "move_groups",
     "group_subset",
+    "streak_offsets",
+    "streak_filter",
+    "tile_weights",
+    "tile_centres",
+    "precondition_streak",
 ]
 
 
