@@ -1148,7 +1148,8 @@ class Reconstructor:
         (:func:`neighbour_path`: the velocity at mid-exposure, where tracking's guess is the
         motion since the previous frame) and, with ``blur.final_bend``, its path's bend (the
         acceleration: a straight path through a turning streak puts the sharp render at the
-        streak's centroid, off mid-exposure). Views without a posed frame on each side keep theirs."""
+        streak's centroid, off mid-exposure). At the ends of the sequence the path comes from two frames on
+        one side; views with fewer posed neighbours keep theirs."""
         posed = [r for r in self._records if r.map_index == self._map_index
                  and r.state not in (TrackingState.INITIALIZING, TrackingState.LOST)]
         if len(posed) < 3:
@@ -1214,7 +1215,7 @@ class Reconstructor:
         start = time.perf_counter()
         order = [v.frame_index for v in refined]
         corrections = [(v.stamp, v.numpy_pose() @ np.linalg.inv(before[v.frame_index])) for v in refined]
-        views = [v for v in rest if not v.fixed]  # refined is never empty: final_max_views >= 2
+        views = list(rest)  # refined is never empty: final_max_views >= 2
         for view in views:
             correction = _pose_at(view.stamp, [corrections[j] for j in _neighbours(order, view.frame_index)])
             view.pose = torch.from_numpy(correction @ view.numpy_pose())
@@ -1230,8 +1231,6 @@ class Reconstructor:
         the refinement did not fit photometrically)."""
         base = scene_tensors(self.backend.gmap, detach=True)
         for view in views:
-            if view.fixed:
-                continue
             scene = move_groups(base, {g: m.detach() for g, m in view.group_poses.items()})
             image = (view.image.numpy() * 255 + 0.5).astype(np.uint8)
             exclude = exclusion_margin(view.dynamic_mask.numpy()) if view.dynamic_mask is not None else None

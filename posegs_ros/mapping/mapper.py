@@ -235,8 +235,6 @@ class Mapper:
         groups: dict[int, list[dict[str, Any]]] = {}
         m = self.cfg.mapping
         for kf in keyframes:
-            if kf.fixed:
-                continue
             kf.delta = torch.zeros(6, dtype=torch.float64, requires_grad=True)
             params = [{"params": [kf.delta], "lr": m.lr_pose}]
             if m.affine_exposure:
@@ -287,7 +285,7 @@ class Mapper:
 
         Each view is first densified where the map leaves it transparent, then ``iterations``
         joint steps (Gaussians, and poses + exposure twists unless ``mapping.optimize_poses`` is
-        off) visit the views in shuffled rounds so each is seen equally often. ``precondition``:
+        off; the gauge keyframe's too) visit the views in shuffled rounds so each is seen equally often. ``precondition``:
         ``eps`` of the streak preconditioning of blurred views (None: ``blur.final_precondition``; 0: off).
         """
         stats = MappingStats()
@@ -311,7 +309,9 @@ class Mapper:
         m = self.cfg.mapping
         for view in views:
             stats.added += self.densify(view, stride=m.final_densify_stride, error=m.final_densify_error)
-        pose_frames = [kf for kf in views if not kf.fixed] if self.cfg.mapping.optimize_poses else []
+        # the gauge keyframe too: its pose pins the gauge online, but held fixed here it lags the
+        # map, which every other view drags along, by a fraction of a pixel (and its render with it)
+        pose_frames = list(views) if self.cfg.mapping.optimize_poses else []
         order = np.concatenate([self.rng.permutation(len(views)) for _ in range(iterations // len(views) + 1)])
         visits = iter(order[:iterations].tolist())
         between_steps = None

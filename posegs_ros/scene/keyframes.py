@@ -34,7 +34,7 @@ class Keyframe:
     # [6] float64 second-order term of the exposure path (map units, not optimized): T exp(s d + s^2 bend);
     # None = a straight path (online; offline it comes from the neighbouring poses, blur.final_bend)
     bend: Tensor | None = None
-    fixed: bool = False  # gauge keyframe: its pose is never optimized
+    fixed: bool = False  # gauge keyframe: its pose is never optimized online (the final refinement frees it)
     dynamic_mask: Tensor | None = None  # [H, W] bool, pixels of moving objects
     # [H, W] bool, pixels kept out of the loss and of densification although no motion group
     # covers them (what moved between the two initialization frames, before any group existed)

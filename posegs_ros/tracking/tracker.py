@@ -84,10 +84,11 @@ def neighbour_twist(
     ``stamps`` ``[K]`` (seconds, increasing) and ``poses`` ``[K, 4, 4]`` of consecutive posed
     frames. Neighbours up to two on each side within ``max_gap_s`` of the next one in: a cubic
     in time through two on each side (the five-point derivative on even stamps), a quadratic
-    through one on each side (the central difference). The backward difference that tracking
-    makes online is late by half a frame interval: its error grows with the camera's
-    acceleration (hand-held shake turns the velocity within a frame). ``None`` without a
-    neighbour on each side.
+    through one on each side (the central difference); at an end of the sequence (no neighbour
+    on one side) a quadratic through two on the other (the three-point one-sided derivative).
+    The backward difference that tracking makes online is late by half a frame interval: its
+    error grows with the camera's acceleration (hand-held shake turns the velocity within a
+    frame). ``None`` with fewer neighbours than that.
     """
     path = neighbour_path(stamps, poses, index, exposure_s, max_gap_s)
     return None if path is None else path[0]
@@ -113,11 +114,14 @@ def neighbour_path(
             kept.append(nxt)
             j = nxt
         sides.append(kept)
-    if not sides[0] or not sides[1]:
+    if sides[0] and sides[1]:
+        near = sides[0][:1] + sides[1][:1]
+        both = sides[0] + sides[1] if len(sides[0]) == 2 and len(sides[1]) == 2 else near
+        degree = 3 if len(both) == 4 else 2
+    elif len(sides[0]) == 2 or len(sides[1]) == 2:  # an end of the sequence: the quadratic through two on one side
+        both, degree = sides[0] or sides[1], 2
+    else:
         return None
-    near = sides[0][:1] + sides[1][:1]
-    both = sides[0] + sides[1] if len(sides[0]) == 2 and len(sides[1]) == 2 else near
-    degree = 3 if len(both) == 4 else 2
     inv = np.linalg.inv(poses[index])
     tau = np.array([float(stamps[j] - stamps[index]) for j in both])
     if not (np.abs(tau) > 0).all():

@@ -176,6 +176,32 @@ def test_final_refinement_boosts_appearance_learning_rates_then_restores_them(sm
     assert not torch.equal(colours[1.0][: len(colours[3.0])], colours[3.0][: len(colours[1.0])])
 
 
+def test_the_final_refinement_frees_the_gauge_keyframe_that_online_rounds_hold(small_sequence) -> None:
+    # the gauge keyframe sits 1 px off the map two other views agree with: online rounds keep its
+    # pose (the gauge), the final refinement brings it onto the map like any other view
+    seq = small_sequence
+    cfg = apply_flat(PosegsConfig(), {"mapping.gaussian_iters": 2, "mapping.pose_iters": 2, "mapping.joint_iters": 2,
+                                      "blur.subframes": 1, "mapping.final_grow_grad": 0.0})
+    gmap, mapper, kf0 = seeded(seq, cfg)
+    truth = [torch.from_numpy(seq.frames[i].pose.copy()) for i in (0, 2)]
+    offset = torch.eye(4, dtype=torch.float64)
+    offset[0, 3] = mapper.scene_scale / seq.intrinsics.fx  # a pixel sideways at the median depth
+    kf0.pose = truth[0] @ offset
+    kf1, kf2 = (keyframe(seq.frames[i], seq.intrinsics, mapper.scene_scale) for i in (2, 4))
+
+    def relative_error() -> float:  # kf0 seen from kf1 against the truth (the gauge drops out)
+        est, true = se3_inverse(kf1.pose) @ kf0.pose, se3_inverse(truth[1]) @ truth[0]
+        return float(torch.linalg.norm((se3_inverse(true) @ est)[:3, 3]))
+
+    held = kf0.pose.clone()
+    mapper.optimize([kf0, kf1, kf2], None)
+    assert torch.equal(kf0.pose, held)  # online: the gauge
+    start = relative_error()
+    mapper.refine_all([kf0, kf1, kf2], 60)
+    assert not torch.equal(kf0.pose, held) and relative_error() < 0.6 * start
+    assert torch.count_nonzero(kf0.delta) == 0 and not kf0.twist_u.requires_grad  # folded back
+
+
 def test_camera_learns_from_static_pixels_only_when_a_group_covers_an_object(small_sequence) -> None:
     """With a motion group in a keyframe, the camera's pose / twist / exposure gradients do not
     depend on what the image shows inside the (grown) moving-object mask, the group's do."""

@@ -173,14 +173,25 @@ def test_neighbour_twist_is_the_velocity_at_mid_exposure() -> None:
     truth = true_twist(stamps[10])
     assert np.linalg.norm(dropped - truth) < 0.5 * np.linalg.norm(initial_twist(poses[9], poses[10], exposure / period) - truth)
 
-    # constant twist: exact; no neighbour on one side (first frame, or past max_gap_s): None
+    # at the last frame (no neighbour after it) two before it still beat the backward difference
+    ends, backward = [], []
+    for i in range(2, 38):
+        truth = true_twist(stamps[i])
+        ends.append(np.linalg.norm(neighbour_twist(stamps[: i + 1], poses[: i + 1], i, exposure, 2.5 * period) - truth))
+        backward.append(np.linalg.norm(initial_twist(poses[i - 1], poses[i], exposure / period) - truth))
+    assert np.median(ends) < 0.5 * np.median(backward), (np.median(ends), np.median(backward))
+
+    # constant twist: exact, at the ends too (first frame, or one after a gap past max_gap_s);
+    # a frame with a single neighbour and none on the other side: None
     step = se3_exp(torch.tensor([0.02, -0.01, 0.03, 0.01, -0.02, 0.005], dtype=torch.float64)).numpy()
     line = np.stack([np.linalg.matrix_power(step, k) for k in range(5)])
-    got = neighbour_twist(np.arange(5) * period, line, 2, exposure, 2.5 * period)
-    assert np.allclose(got, initial_twist(line[1], line[2], exposure / period), atol=1e-9)
-    assert neighbour_twist(np.arange(5) * period, line, 0, exposure, 2.5 * period) is None
+    constant = initial_twist(line[1], line[2], exposure / period)
+    for stamps_, i in ((np.arange(5) * period, 2), (np.arange(5) * period, 0), (np.arange(5) * period, 4)):
+        assert np.allclose(neighbour_twist(stamps_, line, i, exposure, 2.5 * period), constant, atol=1e-9)
     gap = np.array([0.0, 1.0, 1.0 + period, 1.0 + 2 * period, 1.0 + 3 * period])
-    assert neighbour_twist(gap, line, 1, exposure, 2.5 * period) is None
+    assert np.allclose(neighbour_twist(gap, line, 1, exposure, 2.5 * period), constant, atol=1e-9)
+    assert neighbour_twist(gap, line, 0, exposure, 2.5 * period) is None
+    assert neighbour_twist(np.arange(2) * period, line[:2], 1, exposure, 2.5 * period) is None
 
 
 def test_neighbour_path_bends_with_the_acceleration() -> None:
@@ -199,7 +210,9 @@ def test_neighbour_path_bends_with_the_acceleration() -> None:
     assert np.allclose(twist, [0, 0, 0, 0, (rate + accel * stamps[3]) * exposure, 0], atol=1e-9)
     assert np.allclose(bend, [0, 0, 0, 0, 0.5 * accel * exposure**2, 0], atol=1e-9)
     assert np.allclose(neighbour_twist(stamps, poses, 3, exposure, 2.5 * period), twist)
-    assert neighbour_path(stamps, poses, 0, exposure, 2.5 * period) is None
+    first, first_bend = neighbour_path(stamps, poses, 0, exposure, 2.5 * period)  # one-sided: still exact
+    assert np.allclose(first, [0, 0, 0, 0, rate * exposure, 0], atol=1e-9)
+    assert np.allclose(first_bend, bend, atol=1e-9)
 
     path = CameraPath.random(np.random.default_rng(3), shake=1.8)
     stamps = np.arange(40) * period + 0.2
