@@ -1215,14 +1215,13 @@ class Reconstructor:
         start = time.perf_counter()
         order = [v.frame_index for v in refined]
         corrections = [(v.stamp, v.numpy_pose() @ np.linalg.inv(before[v.frame_index])) for v in refined]
-        views = list(rest)  # refined is never empty: final_max_views >= 2
-        for view in views:
+        for view in rest:  # refined is never empty: final_max_views >= 2
             correction = _pose_at(view.stamp, [corrections[j] for j in _neighbours(order, view.frame_index)])
             view.pose = torch.from_numpy(correction @ view.numpy_pose())
-        self._retrack(views, exposure=True)
-        self.counters.final_tracked_frames += len(views)
+        self._retrack(rest, exposure=True)
+        self.counters.final_tracked_frames += len(rest)
         log.info("final refinement: %d frames beyond mapping.final_max_views tracked against the refined map in %.1f s",
-                 len(views), time.perf_counter() - start)
+                 len(rest), time.perf_counter() - start)
 
     def _retrack(self, views: list[Keyframe], exposure: bool = False) -> None:
         """JOGS's pose step against the refined map: flow-lifted Gauss-Newton for every view's

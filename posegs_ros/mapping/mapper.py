@@ -433,8 +433,8 @@ class Mapper:
             d = depth[ys, xs][seen[ys, xs]]
             depths.append(float(d.median()) if d.numel() >= 16 else overall)
         streak = streak_offsets(kf.current_pose(), kf.twist(), kf.intrinsics.matrix(torch.float64),
-                                exposure_offsets(out.rgb.shape[0], torch.float64), np.array(depths),
-                                kf.bend if self.cfg.blur.enabled else None, pixels=centres)
+                                exposure_offsets(out.rgb.shape[0], torch.float64), np.array(depths), centres,
+                                kf.bend if self.cfg.blur.enabled else None)
         return precondition_streak(pred, streak, self.precondition, weights)
 
     def _step(self, kf: Keyframe, gaussians: bool, pose: bool, pose_opt: CameraOptimizer | None) -> float:

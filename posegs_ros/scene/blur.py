@@ -267,18 +267,16 @@ def render_exposure(
     return out.rgb.mean(0), out
 
 
-def streak_offsets(pose: Tensor, twist: Tensor, k: Tensor, offsets: Tensor, depth: float | np.ndarray,
-                   bend: Tensor | None = None, pixels: np.ndarray | None = None) -> np.ndarray:
-    """Image positions (pixels, relative to their mean over the sub-frames) of scene points seen
-    from the sub-exposure poses of :func:`exposure_poses`: ``[S, 2]`` for the point at ``depth`` on
-    the image centre's ray, or ``[P, S, 2]`` for the points at ``pixels`` ``[P, 2]`` of the
-    mid-exposure view and their ``depth`` ``[P]``."""
+def streak_offsets(pose: Tensor, twist: Tensor, k: Tensor, offsets: Tensor, depth: np.ndarray, pixels: np.ndarray,
+                   bend: Tensor | None = None) -> np.ndarray:
+    """Image positions ``[P, S, 2]`` (pixels, relative to their mean over the sub-frames) of the
+    scene points at ``pixels`` ``[P, 2]`` of the mid-exposure view and their ``depth`` ``[P]``, seen
+    from the sub-exposure poses of :func:`exposure_poses`."""
     with torch.no_grad():
         cams = exposure_poses(pose.detach().double(), twist.detach().double(), offsets.double(),
                               None if bend is None else bend.detach().double())
         kd = k.detach().double()
-        px = torch.tensor([[float(kd[0, 2]), float(kd[1, 2])]], dtype=torch.float64) if pixels is None \
-            else torch.as_tensor(np.asarray(pixels, np.float64))
+        px = torch.as_tensor(np.asarray(pixels, np.float64))
         z = torch.as_tensor(np.broadcast_to(np.asarray(depth, np.float64), (len(px),)).copy())
         rays = torch.cat([px, torch.ones(len(px), 1, dtype=torch.float64)], 1) @ torch.linalg.inv(kd).T  # [P, 3]
         mid = pose.detach().double()
@@ -287,8 +285,7 @@ def streak_offsets(pose: Tensor, twist: Tensor, k: Tensor, offsets: Tensor, dept
                                                                                  cams[:, :3, :3])[None]
         uv = (cam @ kd.T)[..., :2] / cam[..., 2:3]  # [P, S, 2]
     uv = uv.numpy()
-    uv = uv - uv.mean(1, keepdims=True)
-    return uv[0] if pixels is None else uv
+    return uv - uv.mean(1, keepdims=True)
 
 
 def streak_filter(streak: np.ndarray, height: int, width: int, eps: float) -> np.ndarray:
@@ -327,13 +324,13 @@ def tile_centres(height: int, width: int, grid: int) -> np.ndarray:
 
 class _StreakPreconditioner(torch.autograd.Function):
     """Identity forward; backward filters the image gradient ``[H, W, C]`` by
-    ``(1 + eps) / (|H(w)|^2 + eps)``, ``H`` the frequency response of the streak: one streak
-    ``[S, 2]``, or one per tile ``[K, S, 2]`` with ``weights`` ``[K, H, W]`` blending the tiles' results."""
+    ``(1 + eps) / (|H(w)|^2 + eps)``, ``H`` the frequency response of each tile's streak
+    ``[K, S, 2]``, with ``weights`` ``[K, H, W]`` blending the tiles' results."""
 
     PAD = 32  # reflected border (pixels) against the filter's wrap-around
 
     @staticmethod
-    def forward(ctx, image: Tensor, streak: np.ndarray, eps: float, weights: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx, image: Tensor, streak: np.ndarray, eps: float, weights: Tensor) -> Tensor:  # type: ignore[override]
         ctx.streak, ctx.eps, ctx.weights = streak, eps, weights
         return image.view_as(image)
 
@@ -349,16 +346,14 @@ class _StreakPreconditioner(torch.autograd.Function):
                    ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
         hp, wp = g.shape[-2:]
         spectrum = scipy.fft.rfft2(g)  # [C, hp, wp // 2 + 1]
-        streaks = ctx.streak[None] if ctx.streak.ndim == 2 else ctx.streak
         out = np.zeros((grad.shape[2], h, w), np.float32)
-        for i, streak in enumerate(streaks):
+        for streak, weight in zip(ctx.streak, ctx.weights.numpy()):
             part = scipy.fft.irfft2(spectrum * streak_filter(streak, hp, wp, ctx.eps), s=(hp, wp))
-            part = part[:, pad : pad + h, pad : pad + w]
-            out += part if ctx.weights is None else part * ctx.weights[i].numpy()
+            out += part[:, pad : pad + h, pad : pad + w] * weight
         return torch.from_numpy(np.ascontiguousarray(out.transpose(1, 2, 0))).to(grad), None, None, None
 
 
-def precondition_streak(image: Tensor, streak: np.ndarray, eps: float, weights: Tensor | None = None) -> Tensor:
-    """``image`` ``[H, W, C]`` unchanged, its gradient sharpened along ``streak`` ``[S, 2]`` (or per
-    tile: ``[K, S, 2]`` with ``weights`` ``[K, H, W]``, :func:`tile_weights`; :class:`_StreakPreconditioner`)."""
+def precondition_streak(image: Tensor, streak: np.ndarray, eps: float, weights: Tensor) -> Tensor:
+    """``image`` ``[H, W, C]`` unchanged, its gradient sharpened along each tile's streak ``[K, S, 2]``,
+    blended by ``weights`` ``[K, H, W]`` (:func:`tile_weights`; :class:`_StreakPreconditioner`)."""
     return _StreakPreconditioner.apply(image, streak, eps, weights)

@@ -270,14 +270,19 @@ def test_the_streak_is_where_the_subframes_see_the_image_centre() -> None:
     offsets = exposure_offsets(5, torch.float64)
     ys, xs = torch.meshgrid(torch.arange(INTR.height, dtype=torch.float64),
                             torch.arange(INTR.width, dtype=torch.float64), indexing="ij")
+    centre = np.array([[float(k[0, 2]), float(k[1, 2])]])
+
+    def streak_at_centre(b: torch.Tensor | None) -> np.ndarray:
+        return streak_offsets(pose, twist, k, offsets, np.array([2.0]), centre, b)[0]
+
     for b in (None, bend):
-        streak = streak_offsets(pose, twist, k, offsets, 2.0, b)
+        streak = streak_at_centre(b)
         assert streak.shape == (5, 2) and np.abs(streak.mean(0)).max() < 1e-9
         rgb = render_views(dot, exposure_poses(pose, twist, offsets, b), k, settings).rgb.double().mean(-1)  # [S, H, W]
         centroid = torch.stack([(rgb * xs).sum((1, 2)), (rgb * ys).sum((1, 2))], 1) / rgb.sum((1, 2))[:, None]
         centroid = (centroid - centroid.mean(0)).numpy()
         assert np.abs(centroid - streak).max() < 0.05, (centroid, streak)
-    straight, bent = streak_offsets(pose, twist, k, offsets, 2.0), streak_offsets(pose, twist, k, offsets, 2.0, bend)
+    straight, bent = streak_at_centre(None), streak_at_centre(bend)
     assert abs(straight[4, 0] - straight[0, 0]) > 3.0
     assert bent[0, 0] - straight[0, 0] == pytest.approx(bent[4, 0] - straight[4, 0], rel=0.01)  # both ends alike
     assert abs(bent[0, 0] - straight[0, 0]) > 0.3
@@ -315,8 +320,9 @@ def test_preconditioned_gradients_fit_detail_through_streaks_sooner() -> None:
     def streak(x: torch.Tensor, shifts: np.ndarray) -> torch.Tensor:
         return torch.stack([torch.roll(x, (int(dy), int(dx)), (0, 1)) for dx, dy in shifts]).mean(0)
 
+    whole = torch.ones(1, 48, 64)  # one tile: the whole image
     x0 = torch.rand(48, 64, 3, generator=gen)
-    assert torch.equal(precondition_streak(x0, views[0], 0.1), x0)
+    assert torch.equal(precondition_streak(x0, views[0][None], 0.1, whole), x0)
     psnr = {}
     for eps in (0.0, 0.1):
         x = torch.full_like(sharp, 0.5).requires_grad_(True)
@@ -326,7 +332,7 @@ def test_preconditioned_gradients_fit_detail_through_streaks_sooner() -> None:
             opt.zero_grad()
             pred = streak(x, shifts)
             if eps > 0:
-                pred = precondition_streak(pred, shifts, eps)
+                pred = precondition_streak(pred, shifts[None], eps, whole)
             photometric_loss(pred, streak(sharp, shifts), 0.2, None, 0.5).backward()
             opt.step()
         psnr[eps] = -10 * math.log10(float(((x.detach() - sharp) ** 2).mean()))
